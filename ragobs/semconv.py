@@ -1,0 +1,209 @@
+"""Every attribute and instrument ragobs emits, declared in one place.
+
+Names follow the OpenTelemetry GenAI semantic conventions where one exists
+(``gen_ai.*``, ``error.type``) and live under ``ragobs.*`` otherwise. The
+Prometheus exporter turns dots into underscores, appends the unit
+(``_seconds``, ``_per_second``) and ``_total`` for counters; the resulting
+Prometheus names are listed in the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+# --- attribute keys -------------------------------------------------------
+
+OPERATION_NAME: Final = "gen_ai.operation.name"
+PROVIDER_NAME: Final = "gen_ai.provider.name"
+REQUEST_MODEL: Final = "gen_ai.request.model"
+TOKEN_TYPE: Final = "gen_ai.token.type"
+DATA_SOURCE_ID: Final = "gen_ai.data_source.id"
+ERROR_TYPE: Final = "error.type"
+USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+
+OUTCOME: Final = "ragobs.outcome"
+STAGE: Final = "ragobs.stage"
+NAME: Final = "ragobs.name"
+RATELIMIT_REASON: Final = "ragobs.ratelimit.reason"
+RATELIMIT_WAITED: Final = "ragobs.ratelimit.waited"
+RATELIMIT_BACKEND_MODE: Final = "ragobs.ratelimit.backend_mode"
+TIMEOUT_KIND: Final = "ragobs.timeout.kind"
+
+#: The value an attribute takes once its cardinality cap is reached.
+OTHER: Final = "_OTHER"
+
+
+class Outcome(str, Enum):
+    """How a request ended. Exactly one per request."""
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+
+class TokenType(str, Enum):
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+# --- span event names ------------------------------------------------------
+
+EVENT_FIRST_CHUNK: Final = "gen_ai.first_chunk"
+EVENT_RATELIMIT_WAIT: Final = "ratelimit.wait"
+EVENT_RATELIMIT_REJECTED: Final = "ratelimit.rejected"
+EVENT_RETRY: Final = "retry"
+EVENT_RETRY_EXHAUSTED: Final = "retry.exhausted"
+EVENT_TIMEOUT: Final = "timeout"
+EVENT_FALLBACK: Final = "fallback"
+
+# --- bucket boundaries (seconds unless stated) -----------------------------
+
+#: GenAI semconv advice for gen_ai.client.operation.duration.
+DURATION_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)
+#: GenAI semconv advice for gen_ai.client.operation.time_to_first_chunk.
+TIME_TO_FIRST_CHUNK_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+#: GenAI semconv advice for gen_ai.client.operation.time_per_output_chunk.
+TIME_PER_OUTPUT_CHUNK_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+)
+#: GenAI semconv advice for gen_ai.client.token.usage ({token}).
+TOKEN_USAGE_BUCKETS: Final = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)
+#: Output tokens per second ({token}/s); 20/s is the seed's target.
+TOKEN_RATE_BUCKETS: Final = (1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 500, 1000)
+#: Waits in front of a rate limiter, up to the usual one-minute window.
+WAIT_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)
+
+
+class Kind(str, Enum):
+    HISTOGRAM = "histogram"
+    COUNTER = "counter"
+    UP_DOWN_COUNTER = "up_down_counter"
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentSpec:
+    """Name, kind, unit, description and buckets of one instrument."""
+
+    name: str
+    kind: Kind
+    unit: str
+    description: str
+    buckets: tuple[float, ...] | None = None
+    prometheus_name: str = ""
+
+
+# --- streaming / GenAI instruments -----------------------------------------
+
+OPERATION_DURATION = InstrumentSpec(
+    "gen_ai.client.operation.duration", Kind.HISTOGRAM, "s",
+    "GenAI operation duration, whatever its outcome.",
+    DURATION_BUCKETS, "gen_ai_client_operation_duration_seconds",
+)
+TIME_TO_FIRST_CHUNK = InstrumentSpec(
+    "gen_ai.client.operation.time_to_first_chunk", Kind.HISTOGRAM, "s",
+    "Time from the start of a streamed operation to its first non-empty chunk.",
+    TIME_TO_FIRST_CHUNK_BUCKETS, "gen_ai_client_operation_time_to_first_chunk_seconds",
+)
+TIME_PER_OUTPUT_CHUNK = InstrumentSpec(
+    "gen_ai.client.operation.time_per_output_chunk", Kind.HISTOGRAM, "s",
+    "Mean gap between output chunks of one stream, recorded once per stream.",
+    TIME_PER_OUTPUT_CHUNK_BUCKETS, "gen_ai_client_operation_time_per_output_chunk_seconds",
+)
+TOKEN_USAGE = InstrumentSpec(
+    "gen_ai.client.token.usage", Kind.HISTOGRAM, "{token}",
+    "Tokens used per operation, by gen_ai.token.type.",
+    TOKEN_USAGE_BUCKETS, "gen_ai_client_token_usage",
+)
+OUTPUT_TOKEN_RATE = InstrumentSpec(
+    "ragobs.stream.output_tokens", Kind.HISTOGRAM, "{token}/s",
+    "Output tokens per second of one stream, over the time from its first to its last chunk.",
+    TOKEN_RATE_BUCKETS, "ragobs_stream_output_tokens_per_second",
+)
+REQUESTS = InstrumentSpec(
+    "ragobs.requests", Kind.COUNTER, "{request}",
+    "Finished requests by ragobs.outcome (ok, error, timeout, cancelled).",
+    None, "ragobs_requests_total",
+)
+ERRORS = InstrumentSpec(
+    "ragobs.errors", Kind.COUNTER, "{error}",
+    "Failed requests (outcome error or timeout) by error.type.",
+    None, "ragobs_errors_total",
+)
+REQUESTS_ACTIVE = InstrumentSpec(
+    "ragobs.requests.active", Kind.UP_DOWN_COUNTER, "{request}",
+    "Requests in flight.",
+    None, "ragobs_requests_active",
+)
+STAGE_DURATION = InstrumentSpec(
+    "ragobs.stage.duration", Kind.HISTOGRAM, "s",
+    "Duration of one RAG pipeline stage (route, retrieve, generate, ...).",
+    DURATION_BUCKETS, "ragobs_stage_duration_seconds",
+)
+
+# --- resilience instruments --------------------------------------------------
+
+RATELIMIT_WAIT = InstrumentSpec(
+    "ragobs.ratelimit.wait.duration", Kind.HISTOGRAM, "s",
+    "Time an acquire() waited for rate-limit capacity (0 when it did not wait).",
+    WAIT_BUCKETS, "ragobs_ratelimit_wait_duration_seconds",
+)
+RATELIMIT_ACQUISITIONS = InstrumentSpec(
+    "ragobs.ratelimit.acquisitions", Kind.COUNTER, "{acquisition}",
+    "Successful rate-limit acquisitions, by whether they had to wait.",
+    None, "ragobs_ratelimit_acquisitions_total",
+)
+RATELIMIT_REJECTIONS = InstrumentSpec(
+    "ragobs.ratelimit.rejections", Kind.COUNTER, "{rejection}",
+    "Acquisitions refused or abandoned, by ragobs.ratelimit.reason.",
+    None, "ragobs_ratelimit_rejections_total",
+)
+RATELIMIT_BACKEND_ERRORS = InstrumentSpec(
+    "ragobs.ratelimit.backend.errors", Kind.COUNTER, "{error}",
+    "Shared limiter backend (Redis) failures, by the fail-open / fail-closed mode applied.",
+    None, "ragobs_ratelimit_backend_errors_total",
+)
+RETRY_ATTEMPTS = InstrumentSpec(
+    "ragobs.retry.attempts", Kind.COUNTER, "{attempt}",
+    "Retries scheduled after a retryable failure, by error.type.",
+    None, "ragobs_retry_attempts_total",
+)
+RETRY_DELAY = InstrumentSpec(
+    "ragobs.retry.delay", Kind.HISTOGRAM, "s",
+    "Backoff delay before each retry.",
+    WAIT_BUCKETS, "ragobs_retry_delay_seconds",
+)
+RETRY_EXHAUSTED = InstrumentSpec(
+    "ragobs.retry.exhausted", Kind.COUNTER, "{call}",
+    "Calls that failed after using all their attempts or their retry deadline.",
+    None, "ragobs_retry_exhausted_total",
+)
+TIMEOUTS = InstrumentSpec(
+    "ragobs.timeouts", Kind.COUNTER, "{timeout}",
+    "Deadlines that fired, by ragobs.timeout.kind (total, first_token, idle).",
+    None, "ragobs_timeouts_total",
+)
+FALLBACKS = InstrumentSpec(
+    "ragobs.fallbacks", Kind.COUNTER, "{fallback}",
+    "Fallback answers served in place of a failed request, by error.type.",
+    None, "ragobs_fallbacks_total",
+)
+
+ALL_INSTRUMENTS: Final = (
+    OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK, TOKEN_USAGE,
+    OUTPUT_TOKEN_RATE, REQUESTS, ERRORS, REQUESTS_ACTIVE, STAGE_DURATION,
+    RATELIMIT_WAIT, RATELIMIT_ACQUISITIONS, RATELIMIT_REJECTIONS, RATELIMIT_BACKEND_ERRORS,
+    RETRY_ATTEMPTS, RETRY_DELAY, RETRY_EXHAUSTED, TIMEOUTS, FALLBACKS,
+)

@@ -1,0 +1,165 @@
+"""Where instrumented code writes: a tracer, the instruments and the summary.
+
+A :class:`Telemetry` is built on the OpenTelemetry *API* only. By default it
+uses the global tracer and meter providers (whatever the application or
+:func:`ragobs.setup` installed); tests and multi-tenant apps pass providers
+of their own. Instruments are created once, from :mod:`ragobs.semconv`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
+
+from ragobs import semconv
+from ragobs._version import __version__
+from ragobs.labels import DEFAULT_MAX_VALUES, LabelGuard
+from ragobs.semconv import InstrumentSpec, Kind
+from ragobs.summary_stats import SummaryStats
+
+Attributes = Mapping[str, str]
+_AttrKey = tuple[tuple[str, str], ...]
+
+SCOPE_NAME = "ragobs"
+
+
+class CounterTable:
+    """Exact cumulative counts per attribute set, read by an observable instrument.
+
+    Adding is a locked dict update (sub-microsecond), so per-request counters
+    cost far less than a synchronous SDK ``Counter.add``; the SDK reads the
+    table only when metrics are collected. Memory is bounded by the number of
+    attribute sets, which :class:`~ragobs.labels.LabelGuard` bounds.
+    """
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._counts: dict[_AttrKey, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: _AttrKey, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + amount
+
+    def get(self, key: _AttrKey) -> int:
+        return self._counts.get(key, 0)
+
+    def snapshot(self) -> dict[_AttrKey, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for key, value in self.snapshot().items():
+            yield Observation(value, dict(key))
+
+
+class Telemetry:
+    """The tracer, instruments, label guard and summary of one instrumented app.
+
+    Args:
+        tracer_provider: defaults to the global one.
+        meter_provider: defaults to the global one.
+        summary: the running summary fed by every finished request; a new
+            :class:`~ragobs.summary_stats.SummaryStats` by default.
+        max_label_values: distinct values allowed per attribute before the
+            rest are reported as ``_OTHER``.
+        capture_content: opt-in to put prompt / answer text on spans. Off by
+            default; ragobs never puts text in metrics.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        summary: SummaryStats | None = None,
+        max_label_values: int = DEFAULT_MAX_VALUES,
+        capture_content: bool = False,
+    ) -> None:
+        self.tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider)
+        self.meter = metrics.get_meter(SCOPE_NAME, __version__, meter_provider)
+        self.labels = LabelGuard(max_label_values)
+        self.summary = summary if summary is not None else SummaryStats()
+        self.capture_content = capture_content
+        self.requests = CounterTable()
+        self.errors = CounterTable()
+        self.active = CounterTable()
+        self._instruments: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        observed = {
+            semconv.REQUESTS.name: self.requests,
+            semconv.ERRORS.name: self.errors,
+            semconv.REQUESTS_ACTIVE.name: self.active,
+        }
+        for spec in semconv.ALL_INSTRUMENTS:
+            table = observed.get(spec.name)
+            self._instruments[spec.name] = self._create(spec, table)
+        self.operation_duration: Histogram = self.histogram(semconv.OPERATION_DURATION)
+        self.time_to_first_chunk: Histogram = self.histogram(semconv.TIME_TO_FIRST_CHUNK)
+        self.time_per_output_chunk: Histogram = self.histogram(semconv.TIME_PER_OUTPUT_CHUNK)
+        self.token_usage: Histogram = self.histogram(semconv.TOKEN_USAGE)
+        self.output_token_rate: Histogram = self.histogram(semconv.OUTPUT_TOKEN_RATE)
+        self.stage_duration: Histogram = self.histogram(semconv.STAGE_DURATION)
+
+    def _create(self, spec: InstrumentSpec, table: CounterTable | None) -> Any:
+        if spec.kind is Kind.HISTOGRAM:
+            return self.meter.create_histogram(
+                spec.name,
+                unit=spec.unit,
+                description=spec.description,
+                explicit_bucket_boundaries_advisory=list(spec.buckets or ()),
+            )
+        if spec.kind is Kind.COUNTER:
+            if table is not None:
+                return self.meter.create_observable_counter(
+                    spec.name, [table.observe], unit=spec.unit, description=spec.description
+                )
+            return self.meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
+        assert table is not None, f"{spec.name}: up-down counters are table-backed"
+        return self.meter.create_observable_up_down_counter(
+            spec.name, [table.observe], unit=spec.unit, description=spec.description
+        )
+
+    def histogram(self, spec: InstrumentSpec) -> Histogram:
+        """The histogram declared by ``spec`` (see :mod:`ragobs.semconv`)."""
+        if spec.kind is not Kind.HISTOGRAM:
+            raise ValueError(f"spec must be a histogram spec, got {spec.name} ({spec.kind.value})")
+        inst: Histogram = self._instruments[spec.name]
+        return inst
+
+    def counter(self, spec: InstrumentSpec) -> Counter:
+        """The synchronous counter declared by ``spec``, for rare events."""
+        inst = self._instruments[spec.name]
+        if not isinstance(inst, Counter):
+            raise ValueError(f"spec must be a synchronous counter spec, got {spec.name}")
+        return inst
+
+    def bound(self, key: str, value: str) -> str:
+        """``value`` capped by this telemetry's label guard."""
+        return self.labels.bound(key, value)
+
+
+_default: Telemetry | None = None
+_default_lock = threading.Lock()
+
+
+def get_telemetry() -> Telemetry:
+    """The process-wide default :class:`Telemetry`, created on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Telemetry()
+    return _default
+
+
+def set_telemetry(telemetry: Telemetry | None) -> None:
+    """Replace the process-wide default (``None`` recreates it lazily)."""
+    global _default
+    with _default_lock:
+        _default = telemetry

@@ -1,0 +1,34 @@
+"""Helpers shared by tests that need real components (binaries, free ports)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_binary(name: str) -> str:
+    """Path of ``name``; fails in CI (skips locally) when it is missing.
+
+    ``./scripts/test`` installs every binary the tests use, so in CI a missing
+    one is a broken setup, never a reason to skip.
+    """
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name!r} is not installed; ./scripts/test installs it"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
