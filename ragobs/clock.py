@@ -10,15 +10,24 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
 class Clock(Protocol):
-    """A monotonic clock in seconds and an async sleep on the same time base."""
+    """A monotonic clock in seconds, and sleep / timers on the same time base."""
 
     def now(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable:
+        """Run ``callback`` in the event loop once ``now() >= when``."""
+        ...
 
 
 class MonotonicClock:
@@ -31,6 +40,11 @@ class MonotonicClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable:
+        # The default event loop's time() is time.monotonic(): same base.
+        loop = asyncio.get_running_loop()
+        return loop.call_later(max(0.0, when - time.monotonic()), callback)
 
 
 SYSTEM_CLOCK = MonotonicClock()
@@ -46,7 +60,7 @@ class ManualClock:
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sleepers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
 
     def now(self) -> float:
@@ -57,13 +71,24 @@ class ManualClock:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
-        await fut
+        self._push(self._now + seconds, _Timer(lambda: fut.done() or fut.set_result(None)))
+        try:
+            await fut
+        finally:
+            fut.cancel()
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable:
+        timer = _Timer(callback)
+        self._push(when, timer)
+        return timer
+
+    def _push(self, when: float, timer: _Timer) -> None:
+        heapq.heappush(self._sleepers, (when, next(self._seq), timer))
 
     @property
     def sleepers(self) -> int:
-        """Number of tasks currently parked in :meth:`sleep`."""
-        return sum(1 for _, _, f in self._sleepers if not f.done())
+        """Number of pending sleeps and timers."""
+        return sum(1 for _, _, t in self._sleepers if not t.cancelled)
 
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking every sleeper whose deadline is reached.
@@ -76,13 +101,25 @@ class ManualClock:
         target = self._now + seconds
         await _settle()
         while self._sleepers and self._sleepers[0][0] <= target:
-            deadline, _, fut = heapq.heappop(self._sleepers)
+            deadline, _, timer = heapq.heappop(self._sleepers)
             self._now = max(self._now, deadline)
-            if not fut.done():
-                fut.set_result(None)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
                 await _settle()
         self._now = target
         await _settle()
+
+
+class _Timer:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 async def _settle(rounds: int = 20) -> None:
