@@ -91,6 +91,8 @@ class Telemetry:
         self.labels = LabelGuard(max_label_values)
         self.summary = summary if summary is not None else SummaryStats()
         self.capture_content = capture_content
+        #: Memo of per-label-set attribute dicts; bounded by the label guard.
+        self.cache: dict[Any, Any] = {}
         self._instruments: dict[str, Any] = {}
         self._tables: dict[str, CounterTable] = {}
         for spec in semconv.ALL_INSTRUMENTS:

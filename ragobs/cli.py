@@ -1,0 +1,125 @@
+"""``ragobs demo`` and ``ragobs serve``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import logging
+import sys
+from collections.abc import Sequence
+
+from ragobs.demo.agent import DemoConfig
+from ragobs.demo.runner import RunOptions, run_demo
+from ragobs.runtime import setup
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None,
+                   help="sidecar bind address (default $RAGOBS_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None,
+                   help="sidecar port (default $RAGOBS_PORT or 9464; 0 = any free port)")
+    p.add_argument("--service-name", default=None,
+                   help="service.name (default $OTEL_SERVICE_NAME or 'ragobs')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragobs", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a simulated streaming RAG agent, measured live")
+    _add_server_args(demo)
+    demo.add_argument("--requests", type=int, default=200,
+                      help="requests to send; 0 = until stopped (default 200)")
+    demo.add_argument("--duration", type=_positive_float, default=None,
+                      help="stop after this many seconds")
+    demo.add_argument("--concurrency", type=int, default=8, help="concurrent requests (8)")
+    demo.add_argument("--failure-rate", type=_rate, default=0.05, help="0..1 (0.05)")
+    demo.add_argument("--slow-rate", type=_rate, default=0.10,
+                      help="share of slow retrievals, 0..1 (0.10)")
+    demo.add_argument("--summary-every", type=int, default=20,
+                      help="print the dashboard every N requests (20; 0 = only at the end)")
+    demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
+    demo.add_argument("--linger", type=float, default=0.0,
+                      help="keep serving /metrics this many seconds after the traffic ends")
+
+    serve = sub.add_parser("serve", help="run the sidecar standalone")
+    _add_server_args(serve)
+    serve.add_argument("--run", metavar="MODULE:CALLABLE", default=None,
+                       help="call this (sync or async) function with the sidecar serving")
+    return parser
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    runtime = setup(service_name=args.service_name, serve=False)
+    sidecar = await runtime.start_server(args.host, args.port)
+    print(f"ragobs demo: metrics at {sidecar.url}/metrics, live panel at {sidecar.url}/",
+          flush=True)
+    try:
+        await run_demo(
+            runtime,
+            DemoConfig(failure_rate=args.failure_rate, slow_rate=args.slow_rate),
+            RunOptions(requests=args.requests, duration=args.duration,
+                       concurrency=args.concurrency, summary_every=args.summary_every),
+            seed=args.seed,
+        )
+        if args.linger > 0:
+            await asyncio.sleep(args.linger)
+    finally:
+        await runtime.stop_server()
+        runtime.shutdown()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    runtime = setup(service_name=args.service_name, serve=False)
+    sidecar = await runtime.start_server(args.host, args.port)
+    print(f"ragobs sidecar: {sidecar.url}/metrics", flush=True)
+    try:
+        if args.run:
+            module_name, _, attr = args.run.partition(":")
+            target = getattr(importlib.import_module(module_name), attr or "main")
+            result = target()
+            if inspect.isawaitable(result):
+                await result
+        else:
+            await asyncio.Event().wait()
+    finally:
+        await runtime.stop_server()
+        runtime.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        RunOptions(requests=getattr(args, "requests", 0), concurrency=getattr(
+            args, "concurrency", 1))
+    except ValueError as exc:
+        print(f"ragobs: error: {exc}", file=sys.stderr)
+        return 2
+    runner = _demo if args.command == "demo" else _serve
+    try:
+        asyncio.run(runner(args))
+    except KeyboardInterrupt:
+        print("\nragobs: stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,6 @@
+"""``ragobs demo``: a simulated streaming RAG agent, measured live."""
+
+from ragobs.demo.agent import AgentFailure, DemoConfig, SimulatedRAGAgent
+from ragobs.demo.runner import run_demo
+
+__all__ = ["AgentFailure", "DemoConfig", "SimulatedRAGAgent", "run_demo"]

@@ -1,0 +1,119 @@
+"""A simulated streaming RAG agent with realistic, configurable latency.
+
+It routes the question, retrieves from "Python docs" or "JavaScript docs",
+then streams an answer token by token. Some queries are slow, some fail
+(before the first token, mid-stream, or with a provider 429 / 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from ragobs.stages import stage
+from ragobs.telemetry import Telemetry
+
+QUESTIONS = (
+    "How do I read a file line by line in Python?",
+    "What is the difference between let and const in JavaScript?",
+    "How do Python decorators work?",
+    "How do I use async/await with fetch in JavaScript?",
+    "What does the GIL do in CPython?",
+    "How do JavaScript promises chain?",
+    "How do I create a virtual environment in Python?",
+    "What is event bubbling in the DOM?",
+)
+
+_WORDS = (
+    "the function returns a value that you can pass to another call so the code stays "
+    "simple readable and easy to test when the input changes the result updates without "
+    "side effects which makes the behaviour predictable in production systems"
+).split()
+
+
+class AgentFailure(Exception):
+    """A simulated provider failure; ``status`` is an HTTP status when set."""
+
+    def __init__(self, message: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Latency and failure profile of the simulated agent (seconds, 0..1 rates)."""
+
+    failure_rate: float = 0.05
+    slow_rate: float = 0.10
+    route_seconds: tuple[float, float] = (0.02, 0.08)
+    retrieve_seconds: tuple[float, float] = (0.05, 0.30)
+    slow_retrieve_seconds: tuple[float, float] = (1.0, 3.0)
+    token_gap_seconds: tuple[float, float] = (0.01, 0.05)
+    tokens: tuple[int, int] = (20, 60)
+
+    def __post_init__(self) -> None:
+        for arg in ("failure_rate", "slow_rate"):
+            value = getattr(self, arg)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{arg} must be a number in [0, 1], got {value!r}")
+        for arg in ("route_seconds", "retrieve_seconds", "slow_retrieve_seconds",
+                    "token_gap_seconds", "tokens"):
+            low, high = getattr(self, arg)
+            if not 0 <= low <= high:
+                raise ValueError(f"{arg} must be (low, high) with 0 <= low <= high, "
+                                 f"got {(low, high)!r}")
+
+
+class SimulatedRAGAgent:
+    """Streams answers like an LLM-backed RAG agent would, with stages traced."""
+
+    def __init__(self, config: DemoConfig | None = None, *, seed: int | None = None,
+                 telemetry: Telemetry | None = None) -> None:
+        self.config = config or DemoConfig()
+        self._rng = random.Random(seed)
+        self._telemetry = telemetry
+
+    def _uniform(self, bounds: tuple[float, float]) -> float:
+        return self._rng.uniform(*bounds)
+
+    async def route(self, question: str) -> str:
+        async with stage("route", telemetry=self._telemetry):
+            await asyncio.sleep(self._uniform(self.config.route_seconds))
+            lowered = question.lower()
+            return "javascript_docs" if ("javascript" in lowered or "dom" in lowered) \
+                else "python_docs"
+
+    async def retrieve(self, source: str, question: str) -> list[str]:
+        async with stage("retrieve", source=source, telemetry=self._telemetry):
+            slow = self._rng.random() < self.config.slow_rate
+            bounds = self.config.slow_retrieve_seconds if slow else self.config.retrieve_seconds
+            await asyncio.sleep(self._uniform(bounds))
+            return [f"{source}#{self._rng.randrange(1000)}" for _ in range(3)]
+
+    async def answer(self, question: str) -> AsyncGenerator[str, None]:
+        """Stream the answer to ``question`` token by token."""
+        cfg = self.config
+        rng = self._rng
+        source = await self.route(question)
+        await self.retrieve(source, question)
+        fail = rng.random() < cfg.failure_rate
+        mode = rng.choice(("before_first_token", "mid_stream", "rate_limited", "unavailable"))
+        n_tokens = rng.randint(*cfg.tokens)
+        async with stage("generate", telemetry=self._telemetry):
+            if fail and mode == "rate_limited":
+                raise AgentFailure("provider rate limit", status=429, retry_after=0.2)
+            if fail and mode == "unavailable":
+                raise AgentFailure("provider unavailable", status=503)
+            if fail and mode == "before_first_token":
+                await asyncio.sleep(self._uniform(cfg.token_gap_seconds))
+                raise ConnectionResetError("connection reset by provider")
+            fail_at = rng.randint(1, max(1, n_tokens - 1)) if fail else -1
+            for i in range(n_tokens):
+                await asyncio.sleep(self._uniform(cfg.token_gap_seconds))
+                if i == fail_at:
+                    raise AgentFailure("stream interrupted", status=500)
+                yield rng.choice(_WORDS) + " "

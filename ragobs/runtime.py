@@ -1,0 +1,189 @@
+"""One call sets up everything for the common case: :func:`setup`.
+
+It is the only part of ragobs that touches the OpenTelemetry SDK. It honours
+the standard ``OTEL_*`` variables (``OTEL_SERVICE_NAME``,
+``OTEL_RESOURCE_ATTRIBUTES``; with the ``[otlp]`` extra installed,
+``OTEL_EXPORTER_OTLP_ENDPOINT`` sends spans and metrics by OTLP). An
+application that already installed its own SDK providers keeps them: ragobs
+records into them, and ``/metrics`` serves the prometheus_client registry
+(add a ``PrometheusMetricReader`` to your provider to see ragobs there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from ragobs.exposition import PrometheusReader
+from ragobs.labels import DEFAULT_MAX_VALUES
+from ragobs.server.app import create_app
+from ragobs.server.sidecar import Sidecar
+from ragobs.telemetry import Telemetry, set_telemetry
+
+logger = logging.getLogger("ragobs")
+
+
+@dataclass
+class Runtime:
+    """What :func:`setup` built; :meth:`shutdown` flushes and stops it."""
+
+    telemetry: Telemetry
+    registry: CollectorRegistry
+    service_name: str
+    meter_provider: MeterProvider | None = None
+    tracer_provider: TracerProvider | None = None
+    sidecar: Sidecar | None = None
+    _owned: list[object] = field(default_factory=list)
+
+    def app_sidecar(self, host: str | None = None, port: int | None = None) -> Sidecar:
+        """A sidecar (not started) serving this runtime's registry and summary."""
+        app = create_app(self.registry, self.telemetry.summary, self.service_name)
+        return Sidecar(app, host, port)
+
+    async def start_server(self, host: str | None = None, port: int | None = None) -> Sidecar:
+        """Serve the sidecar inside the running event loop."""
+        self.sidecar = await self.app_sidecar(host, port).start()
+        return self.sidecar
+
+    async def stop_server(self) -> None:
+        if self.sidecar is not None:
+            await self.sidecar.stop()
+            self.sidecar = None
+
+    def shutdown(self) -> None:
+        """Stop a threaded sidecar, flush exporters, release the registry."""
+        global _current
+        if self.sidecar is not None:
+            self.sidecar.stop_thread()
+            self.sidecar = None
+        for provider in self._owned:
+            provider.shutdown()  # type: ignore[attr-defined]
+        self._owned.clear()
+        with _lock:
+            if _current is self:
+                _current = None
+
+
+_current: Runtime | None = None
+_lock = threading.Lock()
+
+
+def _otlp_enabled() -> bool:
+    env = os.environ
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+
+
+def _otlp_metric_reader() -> MetricReader | None:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    except ImportError:
+        logger.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not "
+                       "installed: pip install 'ragobs[otlp]'")
+        return None
+    return PeriodicExportingMetricReader(OTLPMetricExporter())
+
+
+def _otlp_span_processor() -> BatchSpanProcessor | None:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        return None
+    return BatchSpanProcessor(OTLPSpanExporter())
+
+
+def setup(
+    *,
+    service_name: str | None = None,
+    serve: bool = True,
+    host: str | None = None,
+    port: int | None = None,
+    registry: CollectorRegistry | None = None,
+    set_global: bool = True,
+    max_label_values: int = DEFAULT_MAX_VALUES,
+    capture_content: bool = False,
+) -> Runtime:
+    """Set up tracing, metrics, Prometheus exposition and (``serve``) the sidecar.
+
+    Args:
+        service_name: ``service.name``; else ``OTEL_SERVICE_NAME``, else "ragobs".
+        serve: start the sidecar in a background thread (for an async agent,
+            pass ``serve=False`` and ``await runtime.start_server()`` instead).
+        host, port: sidecar address (see :func:`~ragobs.server.resolve_address`).
+        registry: prometheus_client registry (default: the global ``REGISTRY``,
+            so the process's own metrics are served too).
+        set_global: install the providers and the :class:`Telemetry` as
+            process-wide defaults. ``False`` builds an isolated runtime.
+        max_label_values: distinct values per attribute before ``_OTHER``.
+        capture_content: opt in to prompt/answer text on spans.
+
+    Calling it again with ``set_global=True`` returns the runtime already set up.
+    """
+    global _current
+    with _lock:
+        if set_global and _current is not None:
+            return _current
+        attrs = {SERVICE_NAME: service_name} if service_name else {}
+        resource = Resource.create(attrs)
+        name = str(resource.attributes.get(SERVICE_NAME) or "ragobs")
+        if name.startswith("unknown_service"):
+            resource = resource.merge(Resource({SERVICE_NAME: "ragobs"}))
+            name = "ragobs"
+        registry = registry if registry is not None else REGISTRY
+        owned: list[object] = []
+
+        existing_meter = metrics.get_meter_provider() if set_global else None
+        meter_provider: MeterProvider | None = None
+        if isinstance(existing_meter, MeterProvider):
+            logger.info("ragobs: keeping the application's MeterProvider")
+        else:
+            readers: list[MetricReader] = [PrometheusReader(registry)]
+            if _otlp_enabled():
+                otlp = _otlp_metric_reader()
+                if otlp is not None:
+                    readers.append(otlp)
+            meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+            owned.append(meter_provider)
+            if set_global:
+                metrics.set_meter_provider(meter_provider)
+
+        existing_tracer = trace.get_tracer_provider() if set_global else None
+        tracer_provider: TracerProvider | None = None
+        if isinstance(existing_tracer, TracerProvider):
+            logger.info("ragobs: keeping the application's TracerProvider")
+        else:
+            tracer_provider = TracerProvider(resource=resource)
+            if _otlp_enabled():
+                processor = _otlp_span_processor()
+                if processor is not None:
+                    tracer_provider.add_span_processor(processor)
+            owned.append(tracer_provider)
+            if set_global:
+                trace.set_tracer_provider(tracer_provider)
+
+        telemetry = Telemetry(
+            tracer_provider=None if set_global else tracer_provider,
+            meter_provider=None if set_global else meter_provider,
+            max_label_values=max_label_values,
+            capture_content=capture_content,
+        )
+        runtime = Runtime(telemetry, registry, name, meter_provider, tracer_provider,
+                          _owned=owned)
+        if set_global:
+            set_telemetry(telemetry)
+            _current = runtime
+    if serve:
+        runtime.sidecar = runtime.app_sidecar(host, port).start_in_thread()
+        logger.info("ragobs sidecar serving %s/metrics", runtime.sidecar.url)
+    return runtime

@@ -1,0 +1,188 @@
+"""The seed's ``StreamingMetrics``: sessions you start, mark and finish by hand.
+
+Code written against the seed runs unchanged::
+
+    metrics = StreamingMetrics()
+    session = metrics.start_session()
+    metrics.record_first_token(session)
+    session["token_count"] += 1
+    session["error"] = "..."          # or an exception, when it failed
+    metrics.finish_session(session)
+    metrics.display_summary()
+
+Each finished session also feeds the OpenTelemetry / Prometheus instruments
+and the process-wide summary, exactly like an instrumented stream.
+
+Memory: aggregates (counts, sums, percentile sketches) are exact over every
+session and take constant memory; ``sessions`` keeps only the most recent
+``keep_sessions`` finished sessions (1,000 by default).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import weakref
+from collections import deque
+from typing import Any, TextIO
+
+from ragobs.stream import StreamObservation, _check_names, _observation
+from ragobs.summary_stats import Summary, SummaryStats
+from ragobs.telemetry import Telemetry
+
+DEFAULT_KEEP_SESSIONS = 1000
+
+
+class SessionError(Exception):
+    """Stands for a session whose ``error`` was set to something not an exception."""
+
+
+class Session(dict[str, Any]):
+    """A seed session: a dict with ``start_time``, ``first_token_time``
+    (``None`` until the first token), ``token_count``, ``error`` and, once
+    finished, ``end_time``, ``ttft`` and ``latency`` (seconds, monotonic clock).
+    """
+
+    __slots__ = ("_obs", "_finalizer", "__weakref__")
+
+
+def _abandon(obs: StreamObservation) -> None:
+    obs.finish(GeneratorExit())
+
+
+class StreamingMetrics:
+    """Seed-compatible session metrics with a terminal dashboard.
+
+    Args:
+        operation, model, provider: attributes of the recorded requests.
+        telemetry: where spans and metrics go (default: the process-wide one).
+        keep_sessions: how many recent finished sessions ``sessions`` keeps.
+    """
+
+    def __init__(
+        self,
+        *,
+        operation: str = "chat",
+        model: str | None = None,
+        provider: str | None = None,
+        telemetry: Telemetry | None = None,
+        keep_sessions: int = DEFAULT_KEEP_SESSIONS,
+    ) -> None:
+        _check_names(operation, model, provider)
+        if not isinstance(keep_sessions, int) or isinstance(keep_sessions, bool) or keep_sessions < 0:
+            raise ValueError(f"keep_sessions must be an int >= 0, got {keep_sessions!r}")
+        self._labels = (operation, provider, model)
+        self._telemetry = telemetry
+        self._stats = SummaryStats()
+        self._sessions: deque[Session] = deque(maxlen=keep_sessions)
+
+    @property
+    def sessions(self) -> deque[Session]:
+        """The most recent finished sessions, oldest first."""
+        return self._sessions
+
+    def start_session(self) -> Session:
+        operation, provider, model = self._labels
+        obs = _observation(self._telemetry, operation, provider, model, also=self._stats)
+        start = time.perf_counter()
+        obs.start(start)
+        session = Session(start_time=start, first_token_time=None, token_count=0, error=None)
+        session._obs = obs
+        # A session dropped without finish_session is recorded as cancelled.
+        session._finalizer = weakref.finalize(session, _abandon, obs)
+        return session
+
+    def record_first_token(self, session: Session) -> None:
+        """Mark now as the session's first token (later calls are ignored)."""
+        obs = _obs_of(session)
+        if session["first_token_time"] is None:
+            session["first_token_time"] = time.perf_counter()
+            obs._t_first = session["first_token_time"]
+            obs.span.add_event("gen_ai.first_chunk")
+
+    def finish_session(self, session: Session) -> None:
+        """Record the session (once) from its ``token_count`` and ``error``."""
+        obs = _obs_of(session)
+        end = time.perf_counter()
+        session._finalizer.detach()
+        tokens = session["token_count"]
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise ValueError(f"session['token_count'] must be an int >= 0, got {tokens!r}")
+        first = session["first_token_time"]
+        if first is not None and obs._t_first is None:
+            obs._t_first = first
+        obs._n_tokens = tokens
+        error = session["error"]
+        exc: BaseException | None
+        if error is None or error is False or error == "":
+            exc = None
+        elif isinstance(error, BaseException):
+            exc = error
+        else:
+            exc = SessionError(str(error))
+        if obs.finish(exc, end_time=end) is not None and "end_time" not in session:
+            session["end_time"] = end
+            session["latency"] = end - session["start_time"]
+            session["ttft"] = None if first is None else first - session["start_time"]
+            self._sessions.append(session)
+
+    def summary(self) -> Summary:
+        """Aggregates over every session finished through this object."""
+        return self._stats.snapshot()
+
+    def format_summary(self) -> str:
+        return format_dashboard(self.summary())
+
+    def display_summary(self, file: TextIO | None = None) -> None:
+        """Print the seed's dashboard (plus percentiles)."""
+        print(self.format_summary(), file=file or sys.stdout)
+
+
+def _obs_of(session: object) -> StreamObservation:
+    obs = getattr(session, "_obs", None)
+    if not isinstance(obs, StreamObservation):
+        raise TypeError("session must come from StreamingMetrics.start_session()")
+    return obs
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}s"
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "0.0%" if value is None else f"{value * 100:.1f}%"
+
+
+def format_dashboard(s: Summary) -> str:
+    """The seed's terminal dashboard for one :class:`Summary`."""
+    rule = "=" * 50
+    lines = [
+        rule,
+        "📊 STREAMING METRICS DASHBOARD",
+        rule,
+        f"Total Requests: {s.total_requests}",
+        f"Successful: {s.successful} ({_pct(s.success_rate)})",
+        f"Failed: {s.failed} ({_pct(s.failure_rate)})",
+    ]
+    if s.cancelled:
+        lines.append(f"Cancelled: {s.cancelled}")
+    lines += [
+        "",
+        "⚡ Performance (successful requests):",
+        f"  Avg TTFT: {_seconds(s.avg_ttft_seconds)}",
+        f"  Avg Latency: {_seconds(s.avg_latency_seconds)}",
+        f"  Avg Tokens: {_number(s.avg_tokens)}",
+        f"  Avg Tokens/sec: {_number(s.avg_tokens_per_second)}",
+        "",
+        "📈 Percentiles (p50 / p95 / p99):",
+        "  TTFT:    " + " / ".join(_seconds(v) for v in (
+            s.ttft_seconds.p50, s.ttft_seconds.p95, s.ttft_seconds.p99)),
+        "  Latency: " + " / ".join(_seconds(v) for v in (
+            s.latency_seconds.p50, s.latency_seconds.p95, s.latency_seconds.p99)),
+        rule,
+    ]
+    return "\n".join(lines)
