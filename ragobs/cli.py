@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--failure-rate", type=_rate, default=0.05, help="0..1 (0.05)")
     demo.add_argument("--slow-rate", type=_rate, default=0.10,
                       help="share of slow retrievals, 0..1 (0.10)")
+    demo.add_argument("--time-scale", type=_positive_float, default=1.0,
+                      help="multiply every simulated delay (0.1 = 10x faster; default 1)")
     demo.add_argument("--summary-every", type=int, default=20,
                       help="print the dashboard every N requests (20; 0 = only at the end)")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
@@ -73,7 +75,8 @@ async def _demo(args: argparse.Namespace) -> None:
     try:
         await run_demo(
             runtime,
-            DemoConfig(failure_rate=args.failure_rate, slow_rate=args.slow_rate),
+            DemoConfig(failure_rate=args.failure_rate, slow_rate=args.slow_rate,
+                       time_scale=args.time_scale),
             RunOptions(requests=args.requests, duration=args.duration,
                        concurrency=args.concurrency, summary_every=args.summary_every),
             seed=args.seed,
@@ -118,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nragobs: stopped", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as exc:
+        print(f"ragobs: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

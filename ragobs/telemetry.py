@@ -9,6 +9,7 @@ of their own. Instruments are created once, from :mod:`ragobs.semconv`.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -87,16 +88,14 @@ class Telemetry:
         capture_content: bool = False,
     ) -> None:
         self.tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider)
-        self.meter = metrics.get_meter(SCOPE_NAME, __version__, meter_provider)
         self.labels = LabelGuard(max_label_values)
         self.summary = summary if summary is not None else SummaryStats()
         self.capture_content = capture_content
         #: Memo of per-label-set attribute dicts; bounded by the label guard.
         self.cache: dict[Any, Any] = {}
-        self._instruments: dict[str, Any] = {}
-        self._tables: dict[str, CounterTable] = {}
-        for spec in semconv.ALL_INSTRUMENTS:
-            self._instruments[spec.name] = self._create(spec)
+        shared = _instruments_for(meter_provider)
+        self._instruments = shared.instruments
+        self._tables = shared.tables
         self.requests = self.counter(semconv.REQUESTS)
         self.errors = self.counter(semconv.ERRORS)
         self.active = self.counter(semconv.REQUESTS_ACTIVE)
@@ -106,25 +105,6 @@ class Telemetry:
         self.token_usage: Histogram = self.histogram(semconv.TOKEN_USAGE)
         self.output_token_rate: Histogram = self.histogram(semconv.OUTPUT_TOKEN_RATE)
         self.stage_duration: Histogram = self.histogram(semconv.STAGE_DURATION)
-
-    def _create(self, spec: InstrumentSpec) -> Any:
-        if spec.kind is Kind.HISTOGRAM:
-            return self.meter.create_histogram(
-                spec.name,
-                unit=spec.unit,
-                description=spec.description,
-                explicit_bucket_boundaries_advisory=list(spec.buckets or ()),
-            )
-        # Counters are exact in-process tables observed at collection time:
-        # adding is ~0.3 µs instead of the SDK's ~10 µs per synchronous add.
-        table = self._tables[spec.name] = CounterTable()
-        if spec.kind is Kind.COUNTER:
-            return self.meter.create_observable_counter(
-                spec.name, [table.observe], unit=spec.unit, description=spec.description
-            )
-        return self.meter.create_observable_up_down_counter(
-            spec.name, [table.observe], unit=spec.unit, description=spec.description
-        )
 
     def histogram(self, spec: InstrumentSpec) -> Histogram:
         """The histogram declared by ``spec`` (see :mod:`ragobs.semconv`)."""
@@ -146,6 +126,61 @@ class Telemetry:
     def bound(self, key: str, value: str) -> str:
         """``value`` capped by this telemetry's label guard."""
         return self.labels.bound(key, value)
+
+
+class _SharedInstruments:
+    """The instruments and counter tables of one meter provider.
+
+    The SDK returns the first instrument registered under a name, so every
+    :class:`Telemetry` on one provider must share them (and the tables its
+    observable counters read) or later ones would count into the void.
+    """
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
+        meter = metrics.get_meter(SCOPE_NAME, __version__, meter_provider)
+        self.tables: dict[str, CounterTable] = {}
+        self.instruments: dict[str, Any] = {
+            spec.name: _create(meter, spec, self.tables) for spec in semconv.ALL_INSTRUMENTS
+        }
+
+
+class _GlobalProvider:
+    """Stands for "the global meter provider" as a weak-referenceable key."""
+
+
+_GLOBAL = _GlobalProvider()
+_shared: weakref.WeakKeyDictionary[object, _SharedInstruments] = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
+
+
+def _instruments_for(meter_provider: metrics.MeterProvider | None) -> _SharedInstruments:
+    key: object = meter_provider if meter_provider is not None else _GLOBAL
+    with _shared_lock:
+        found = _shared.get(key)
+        if found is None:
+            found = _shared[key] = _SharedInstruments(meter_provider)
+        return found
+
+
+def _create(meter: metrics.Meter, spec: InstrumentSpec, tables: dict[str, CounterTable]) -> Any:
+    if spec.kind is Kind.HISTOGRAM:
+        return meter.create_histogram(
+            spec.name,
+            unit=spec.unit,
+            description=spec.description,
+            explicit_bucket_boundaries_advisory=list(spec.buckets or ()),
+        )
+    # Counters are exact in-process tables observed at collection time:
+    # adding is ~0.3 µs instead of the SDK's ~10 µs per synchronous add.
+    table = tables[spec.name] = CounterTable()
+    if spec.kind is Kind.COUNTER:
+        return meter.create_observable_counter(
+            spec.name, [table.observe], unit=spec.unit, description=spec.description
+        )
+    return meter.create_observable_up_down_counter(
+        spec.name, [table.observe], unit=spec.unit, description=spec.description
+    )
+
 
 
 _default: Telemetry | None = None

@@ -54,8 +54,12 @@ class DemoConfig:
     slow_retrieve_seconds: tuple[float, float] = (1.0, 3.0)
     token_gap_seconds: tuple[float, float] = (0.01, 0.05)
     tokens: tuple[int, int] = (20, 60)
+    #: Multiplies every simulated delay (0.1 = ten times faster).
+    time_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.time_scale, (int, float)) or not self.time_scale > 0:
+            raise ValueError(f"time_scale must be a number > 0, got {self.time_scale!r}")
         for arg in ("failure_rate", "slow_rate"):
             value = getattr(self, arg)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -78,7 +82,7 @@ class SimulatedRAGAgent:
         self._telemetry = telemetry
 
     def _uniform(self, bounds: tuple[float, float]) -> float:
-        return self._rng.uniform(*bounds)
+        return self._rng.uniform(*bounds) * self.config.time_scale
 
     async def route(self, question: str) -> str:
         async with stage("route", telemetry=self._telemetry):
@@ -105,7 +109,8 @@ class SimulatedRAGAgent:
         n_tokens = rng.randint(*cfg.tokens)
         async with stage("generate", telemetry=self._telemetry):
             if fail and mode == "rate_limited":
-                raise AgentFailure("provider rate limit", status=429, retry_after=0.2)
+                raise AgentFailure("provider rate limit", status=429,
+                                   retry_after=0.2 * cfg.time_scale)
             if fail and mode == "unavailable":
                 raise AgentFailure("provider unavailable", status=503)
             if fail and mode == "before_first_token":

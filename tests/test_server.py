@@ -1,0 +1,189 @@
+"""The sidecar over real HTTP: /metrics (checked by promtool), health, summary."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from ragobs.runtime import Runtime, setup
+from ragobs.server import resolve_address
+from ragobs.stages import stage
+from ragobs.stream import observe_stream
+from tests.support import free_port, require_binary
+
+
+async def traffic(runtime: Runtime, n_ok: int = 6, n_err: int = 2) -> None:
+    async def answer(fail: bool) -> AsyncGenerator[str, None]:
+        async with stage("retrieve", source="python_docs", telemetry=runtime.telemetry):
+            await asyncio.sleep(0.001)
+        for i in range(5):
+            if fail and i == 2:
+                raise ConnectionResetError("reset")
+            await asyncio.sleep(0.001)
+            yield f"tok{i} "
+
+    async def one(fail: bool) -> None:
+        try:
+            async for _ in observe_stream(answer(fail), provider="simulated", model="sim-1",
+                                          telemetry=runtime.telemetry):
+                pass
+        except ConnectionResetError:
+            pass
+
+    await asyncio.gather(*(one(i < n_err) for i in range(n_ok + n_err)))
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Runtime, str]]:
+    runtime = setup(service_name="test-svc", serve=False, set_global=False,
+                    registry=CollectorRegistry())
+    sidecar = await runtime.start_server("127.0.0.1", 0)
+    yield runtime, sidecar.url
+    await runtime.stop_server()
+    runtime.shutdown()
+
+
+async def get(url: str, **headers: str) -> tuple[int, str, str]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        return resp.status, resp.headers["Content-Type"], await resp.text()
+
+
+async def test_metrics_endpoint_passes_promtool(served: tuple[Runtime, str]) -> None:
+    promtool = require_binary("promtool")
+    runtime, url = served
+    await traffic(runtime)
+    status, content_type, body = await get(f"{url}/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    for name in (
+        "gen_ai_client_operation_duration_seconds_bucket",
+        "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+        "gen_ai_client_operation_time_per_output_chunk_seconds_sum",
+        "gen_ai_client_token_usage_count",
+        "ragobs_stream_output_tokens_per_second_bucket",
+        'ragobs_requests_total{error_type="ConnectionResetError"',
+        "ragobs_errors_total",
+        "ragobs_requests_active",
+        'ragobs_stage_duration_seconds_count{gen_ai_data_source_id="python_docs"',
+    ):
+        assert name in body, name
+    assert 'service_name="test-svc"' in body
+    assert 'ragobs_outcome="ok"' in body
+    # No prompt or answer text ever reaches the metrics.
+    assert "tok0" not in body
+    check = subprocess.run([promtool, "check", "metrics"], input=body, text=True,
+                           capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.strip() == "" and check.stderr.strip() == "", check.stdout + check.stderr
+
+
+async def test_openmetrics_carries_exemplars_with_trace_ids(served: tuple[Runtime, str]) -> None:
+    runtime, url = served
+    await traffic(runtime, n_ok=2, n_err=0)
+    status, content_type, body = await get(
+        f"{url}/metrics", Accept="application/openmetrics-text; version=1.0.0")
+    assert status == 200
+    assert content_type.startswith("application/openmetrics-text")
+    exemplar_lines = [line for line in body.splitlines()
+                      if line.startswith("gen_ai_client_operation_duration_seconds_bucket")
+                      and "# {" in line]
+    assert exemplar_lines
+    assert 'trace_id="' in exemplar_lines[0] and 'span_id="' in exemplar_lines[0]
+    assert body.rstrip().endswith("# EOF")
+
+
+async def test_health_and_summary(served: tuple[Runtime, str]) -> None:
+    runtime, url = served
+    assert (await get(f"{url}/healthz"))[0] == 200
+    assert (await get(f"{url}/readyz"))[0] == 200
+    await traffic(runtime, n_ok=6, n_err=2)
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/summary") as resp:
+        assert resp.status == 200
+        data = await resp.json()
+    expected = runtime.telemetry.summary.snapshot()
+    assert data["total_requests"] == 8 == expected.total_requests
+    assert data["successful"] == 6 and data["failed"] == 2
+    assert data["success_rate"] == pytest.approx(0.75)
+    assert data["avg_tokens"] == pytest.approx(5.0)
+    assert data["avg_latency_seconds"] == pytest.approx(expected.avg_latency_seconds)
+    assert set(data["ttft_seconds"]) == {"p50", "p95", "p99"}
+    assert data["service"] == "test-svc"
+    assert data["in_flight"] == 0
+
+
+def test_threaded_sidecar_for_synchronous_programs() -> None:
+    port = free_port()
+    runtime = setup(serve=True, host="127.0.0.1", port=port, set_global=False,
+                    registry=CollectorRegistry())
+    try:
+        assert runtime.sidecar is not None and runtime.sidecar.port == port
+        list(observe_stream(iter(["a", "b"]), telemetry=runtime.telemetry))
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+        assert 'ragobs_requests_total{gen_ai_operation_name="chat"' in body
+    finally:
+        runtime.shutdown()
+    with pytest.raises(OSError):
+        import urllib.request
+
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_address_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAGOBS_HOST", raising=False)
+    monkeypatch.delenv("RAGOBS_PORT", raising=False)
+    assert resolve_address() == ("127.0.0.1", 9464)
+    monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", "9999")
+    assert resolve_address() == ("127.0.0.1", 9999)
+    monkeypatch.setenv("RAGOBS_HOST", "0.0.0.0")
+    monkeypatch.setenv("RAGOBS_PORT", "9100")
+    assert resolve_address() == ("0.0.0.0", 9100)
+    assert resolve_address("::1", 1234) == ("::1", 1234)
+    monkeypatch.setenv("RAGOBS_PORT", "http")
+    with pytest.raises(ValueError, match="RAGOBS_PORT must be an int in 0..65535"):
+        resolve_address()
+    with pytest.raises(ValueError, match="port must be an int in 0..65535"):
+        resolve_address("127.0.0.1", 70000)
+
+
+async def test_port_in_use_is_a_clear_error(served: tuple[Runtime, str]) -> None:
+    runtime, url = served
+    port = int(url.rsplit(":", 1)[1])
+    with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{port}"):
+        await runtime.app_sidecar("127.0.0.1", port).start()
+
+
+async def test_otlp_endpoint_receives_spans_and_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    import opentelemetry.exporter.otlp.proto.http  # noqa: F401 - [dev] installs [otlp]
+
+    received: dict[str, int] = {"/v1/traces": 0, "/v1/metrics": 0}
+
+    async def collect(request: web.Request) -> web.Response:
+        await request.read()
+        received[request.path] += 1
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    app.router.add_post("/v1/metrics", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    runtime = setup(serve=False, set_global=False, registry=CollectorRegistry())
+    try:
+        await traffic(runtime, n_ok=2, n_err=0)
+        await asyncio.get_running_loop().run_in_executor(None, runtime.shutdown)
+        assert received["/v1/traces"] >= 1
+        assert received["/v1/metrics"] >= 1
+    finally:
+        await runner.cleanup()

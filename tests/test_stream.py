@@ -1,0 +1,365 @@
+"""Instrumented streams: every outcome, exact counts, span and metric content."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import random
+from collections.abc import AsyncGenerator, Generator
+
+import pytest
+from opentelemetry.trace import StatusCode
+
+from ragobs import semconv
+from ragobs.stages import stage
+from ragobs.stream import error_type, instrument_stream, observe, observe_stream
+from tests.conftest import OTelHarness
+
+DURATION = semconv.OPERATION_DURATION.name
+TTFT = semconv.TIME_TO_FIRST_CHUNK.name
+TPOC = semconv.TIME_PER_OUTPUT_CHUNK.name
+USAGE = semconv.TOKEN_USAGE.name
+RATE = semconv.OUTPUT_TOKEN_RATE.name
+REQUESTS = semconv.REQUESTS.name
+ERRORS = semconv.ERRORS.name
+ACTIVE = semconv.REQUESTS_ACTIVE.name
+
+
+class ProviderError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+async def tokens(n: int, *, fail_at: int | None = None, exc: BaseException | None = None,
+                 closed: list[bool] | None = None, leading_empty: int = 0,
+                 gap: float = 0.0) -> AsyncGenerator[str, None]:
+    try:
+        for _ in range(leading_empty):
+            yield ""
+        for i in range(n):
+            if i == fail_at:
+                raise exc or RuntimeError("boom")
+            if gap:
+                await asyncio.sleep(gap)
+            yield f"t{i}"
+        if fail_at == n:
+            raise exc or RuntimeError("boom")
+    finally:
+        if closed is not None:
+            closed.append(True)
+
+
+def only_span(otel: OTelHarness):  # type: ignore[no-untyped-def]
+    spans = otel.spans()
+    assert len(spans) == 1, [s.name for s in spans]
+    return spans[0]
+
+
+async def consume(stream: AsyncGenerator[str, None]) -> list[str]:
+    return [chunk async for chunk in stream]
+
+
+async def test_ok_stream_records_span_and_every_histogram(otel: OTelHarness) -> None:
+    stream = observe_stream(tokens(5, leading_empty=2, gap=0.001), operation="chat",
+                            model="gpt-4o", provider="openai", telemetry=otel.telemetry)
+    assert await consume(stream) == ["", "", "t0", "t1", "t2", "t3", "t4"]
+
+    ok = {"ragobs__outcome": "ok", "gen_ai__request__model": "gpt-4o"}
+    assert otel.value(REQUESTS, **ok) == 1
+    assert otel.value(ERRORS) == 0
+    assert otel.value(ACTIVE) == 0
+    for name in (DURATION, TTFT, TPOC, RATE):
+        assert otel.count(name, **ok) == 1, name
+    assert otel.count(USAGE, gen_ai__token__type="output") == 1
+    assert otel.total(USAGE, gen_ai__token__type="output") == 5  # empty chunks are not tokens
+    assert otel.total(TTFT) < otel.total(DURATION)
+    assert otel.total(TPOC) == pytest.approx(
+        (otel.total(DURATION) - otel.total(TTFT)) / 4, rel=0.5)
+
+    span = only_span(otel)
+    assert span.name == "chat gpt-4o"
+    assert span.kind.name == "CLIENT"
+    assert span.status.status_code is StatusCode.UNSET
+    attrs = dict(span.attributes or {})
+    assert attrs[semconv.OPERATION_NAME] == "chat"
+    assert attrs[semconv.PROVIDER_NAME] == "openai"
+    assert attrs[semconv.USAGE_OUTPUT_TOKENS] == 5
+    assert attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK] == pytest.approx(otel.total(TTFT))
+    assert attrs[semconv.OUTCOME] == "ok"
+    assert [e.name for e in span.events] == [semconv.EVENT_FIRST_CHUNK]
+
+
+async def test_mid_stream_error_is_an_error_after_tokens(otel: OTelHarness) -> None:
+    stream = observe_stream(tokens(10, fail_at=3, exc=ProviderError(503)), model="m",
+                            telemetry=otel.telemetry)
+    got: list[str] = []
+    with pytest.raises(ProviderError):
+        async for chunk in stream:
+            got.append(chunk)
+    assert got == ["t0", "t1", "t2"]
+    assert otel.value(REQUESTS, ragobs__outcome="error", error__type="503") == 1
+    assert otel.value(ERRORS, error__type="503") == 1
+    assert otel.count(TTFT, ragobs__outcome="error") == 1
+    assert otel.total(USAGE, ragobs__outcome="error") == 3
+    span = only_span(otel)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes[semconv.ERROR_TYPE] == "503"  # type: ignore[index]
+    assert span.attributes[semconv.USAGE_OUTPUT_TOKENS] == 3  # type: ignore[index]
+    assert [e.name for e in span.events] == [semconv.EVENT_FIRST_CHUNK, "exception"]
+
+
+async def test_error_before_first_token_has_no_ttft(otel: OTelHarness) -> None:
+    with pytest.raises(ConnectionResetError):
+        await consume(observe_stream(tokens(3, fail_at=0, exc=ConnectionResetError()),
+                                     telemetry=otel.telemetry))
+    assert otel.value(REQUESTS, ragobs__outcome="error", error__type="ConnectionResetError") == 1
+    assert otel.count(TTFT) == 0
+    assert otel.count(DURATION, ragobs__outcome="error") == 1
+    span = only_span(otel)
+    assert span.status.status_code is StatusCode.ERROR
+    assert semconv.RESPONSE_TIME_TO_FIRST_CHUNK not in (span.attributes or {})
+
+
+async def test_break_then_aclose_is_cancelled_and_closes_the_source(otel: OTelHarness) -> None:
+    closed: list[bool] = []
+    stream = observe_stream(tokens(100, closed=closed), telemetry=otel.telemetry)
+    async for chunk in stream:
+        if chunk == "t4":
+            break
+    assert otel.value(REQUESTS) == 0  # still open until closed
+    assert otel.value(ACTIVE) == 1
+    await stream.aclose()
+    assert closed == [True]
+    assert otel.value(REQUESTS, ragobs__outcome="cancelled") == 1
+    assert otel.value(ERRORS) == 0
+    assert otel.value(ACTIVE) == 0
+    span = only_span(otel)
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.attributes[semconv.OUTCOME] == "cancelled"  # type: ignore[index]
+    assert span.attributes[semconv.USAGE_OUTPUT_TOKENS] == 5  # type: ignore[index]
+    await stream.aclose()  # closing twice records nothing more
+    assert otel.value(REQUESTS) == 1
+
+
+async def test_abandoned_stream_is_recorded_once_when_collected(otel: OTelHarness) -> None:
+    closed: list[bool] = []
+
+    async def read_two() -> None:
+        async for chunk in observe_stream(tokens(100, closed=closed), telemetry=otel.telemetry):
+            if chunk == "t1":
+                break  # no aclose(): the generator is dropped
+
+    await read_two()
+    gc.collect()
+    for _ in range(5):  # asyncio's finalizer hook closes it in a task
+        await asyncio.sleep(0)
+    assert closed == [True]
+    assert otel.value(REQUESTS, ragobs__outcome="cancelled") == 1
+    assert len(otel.spans()) == 1
+
+
+async def test_task_cancellation_is_cancelled_not_error(otel: OTelHarness) -> None:
+    started = asyncio.Event()
+
+    async def slow() -> AsyncGenerator[str, None]:
+        yield "first"
+        started.set()
+        await asyncio.sleep(3600)
+        yield "never"
+
+    async def consumer() -> None:
+        async for _ in observe_stream(slow(), telemetry=otel.telemetry):
+            pass
+
+    task = asyncio.create_task(consumer())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert otel.value(REQUESTS, ragobs__outcome="cancelled") == 1
+    assert otel.value(ERRORS) == 0
+    assert only_span(otel).status.status_code is StatusCode.UNSET
+
+
+async def test_timeout_from_the_source_is_outcome_timeout(otel: OTelHarness) -> None:
+    with pytest.raises(TimeoutError):
+        await consume(observe_stream(tokens(5, fail_at=2, exc=TimeoutError("idle")),
+                                     telemetry=otel.telemetry))
+    assert otel.value(REQUESTS, ragobs__outcome="timeout", error__type="TimeoutError") == 1
+    assert otel.value(ERRORS, ragobs__outcome="timeout") == 1
+    assert only_span(otel).status.status_code is StatusCode.ERROR
+
+
+async def test_exact_counts_after_many_concurrent_streams(otel: OTelHarness) -> None:
+    rng = random.Random(7)
+    plan = [rng.choice(["ok", "error", "early", "timeout"]) for _ in range(400)]
+    expected_tokens = 0
+
+    async def one(kind: str) -> None:
+        nonlocal expected_tokens
+        n = rng.randint(1, 20)
+        if kind == "ok":
+            expected_tokens += n
+            await consume(observe_stream(tokens(n, gap=0.0005), telemetry=otel.telemetry))
+        elif kind == "error":
+            with pytest.raises(RuntimeError):
+                await consume(observe_stream(tokens(n, fail_at=n // 2, gap=0.0005),
+                                             telemetry=otel.telemetry))
+        elif kind == "timeout":
+            with pytest.raises(TimeoutError):
+                await consume(observe_stream(tokens(n, fail_at=n, exc=TimeoutError()),
+                                             telemetry=otel.telemetry))
+        else:
+            stream = observe_stream(tokens(n + 1, gap=0.0005), telemetry=otel.telemetry)
+            async for _ in stream:
+                break
+            await stream.aclose()
+
+    await asyncio.gather(*(one(kind) for kind in plan))
+    for kind, outcome in (("ok", "ok"), ("error", "error"), ("early", "cancelled"),
+                          ("timeout", "timeout")):
+        assert otel.value(REQUESTS, ragobs__outcome=outcome) == plan.count(kind), kind
+    assert otel.value(ERRORS) == plan.count("error") + plan.count("timeout")
+    assert otel.value(ACTIVE) == 0
+    assert otel.count(DURATION) == len(plan)
+    assert otel.total(USAGE, ragobs__outcome="ok") == expected_tokens
+    assert len(otel.spans()) == len(plan)
+    summary = otel.telemetry.summary.snapshot()
+    assert summary.total_requests == len(plan)
+    assert summary.successful == plan.count("ok")
+    assert summary.failed == plan.count("error") + plan.count("timeout")
+    assert summary.cancelled == plan.count("early")
+    assert summary.in_flight == 0
+    assert summary.avg_tokens == pytest.approx(expected_tokens / plan.count("ok"))
+
+
+async def test_decorator_keeps_signature_and_observes_each_call(otel: OTelHarness) -> None:
+    @instrument_stream(operation="rag", model="m1", provider="p", telemetry=otel.telemetry)
+    async def answer(question: str, *, limit: int = 3) -> AsyncGenerator[str, None]:
+        """Answer a question."""
+        for i in range(limit):
+            yield f"{question}{i}"
+
+    assert answer.__name__ == "answer"
+    assert answer.__doc__ == "Answer a question."
+    assert list(inspect.signature(answer).parameters) == ["question", "limit"]
+    assert await consume(answer("q", limit=2)) == ["q0", "q1"]
+    assert await consume(answer("r")) == ["r0", "r1", "r2"]
+    assert otel.value(REQUESTS, gen_ai__operation__name="rag") == 2
+    assert {s.name for s in otel.spans()} == {"rag m1"}
+
+
+def test_sync_generators_are_observed_too(otel: OTelHarness) -> None:
+    @instrument_stream(model="sync-model", telemetry=otel.telemetry)
+    def answer(n: int) -> Generator[str, None, None]:
+        yield from (f"w{i}" for i in range(n))
+
+    assert list(answer(4)) == ["w0", "w1", "w2", "w3"]
+    gen = observe_stream(iter(["a", "", "b", "c"]), telemetry=otel.telemetry)
+    assert next(gen) == "a"
+    gen.close()
+    assert otel.value(REQUESTS, ragobs__outcome="ok") == 1
+    assert otel.value(REQUESTS, ragobs__outcome="cancelled") == 1
+    assert otel.total(USAGE, ragobs__outcome="ok") == 4
+
+
+async def test_hand_written_loop_form(otel: OTelHarness) -> None:
+    async with observe(model="manual", telemetry=otel.telemetry) as obs:
+        await asyncio.sleep(0.002)
+        obs.tokens(3)
+        obs.tokens(2)
+        obs.set_usage(input_tokens=12)
+    with pytest.raises(ValueError, match="bad"):
+        with observe(model="manual", telemetry=otel.telemetry) as obs:
+            obs.first_token()
+            raise ValueError("bad")
+    assert otel.value(REQUESTS, ragobs__outcome="ok") == 1
+    assert otel.value(REQUESTS, ragobs__outcome="error", error__type="ValueError") == 1
+    assert otel.total(USAGE, gen_ai__token__type="output", ragobs__outcome="ok") == 5
+    assert otel.total(USAGE, gen_ai__token__type="input") == 12
+    assert otel.total(TTFT, ragobs__outcome="ok") >= 0.002
+
+
+async def test_count_tokens_and_provider_usage(otel: OTelHarness) -> None:
+    async def words() -> AsyncGenerator[str, None]:
+        for text in ("hello big", "", "world"):
+            yield text
+
+    await consume(observe_stream(words(), count_tokens=lambda s: len(s.split()),
+                                 telemetry=otel.telemetry))
+    assert otel.total(USAGE) == 3
+
+
+async def test_stage_spans_before_the_first_token_are_children(otel: OTelHarness) -> None:
+    @instrument_stream(model="m", telemetry=otel.telemetry)
+    async def rag() -> AsyncGenerator[str, None]:
+        async with stage("route", telemetry=otel.telemetry):
+            await asyncio.sleep(0)
+        async with stage("retrieve", source="python_docs", telemetry=otel.telemetry):
+            await asyncio.sleep(0)
+        yield "answer"
+
+    await consume(rag())
+    spans = {s.name: s for s in otel.spans()}
+    root = spans["chat m"]
+    for child in ("route", "retrieve python_docs"):
+        assert spans[child].parent is not None
+        assert spans[child].parent.span_id == root.context.span_id
+        assert spans[child].context.trace_id == root.context.trace_id
+    assert otel.count(semconv.STAGE_DURATION.name, ragobs__stage="retrieve",
+                      gen_ai__data_source__id="python_docs") == 1
+
+
+async def test_label_values_are_capped(otel: OTelHarness) -> None:
+    from ragobs.telemetry import Telemetry
+
+    tel = Telemetry(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider,
+                    max_label_values=3)
+    for i in range(6):
+        await consume(observe_stream(tokens(1), model=f"model-{i}", telemetry=tel))
+    models = {p.attributes[semconv.REQUEST_MODEL] for p in otel.points(REQUESTS)}
+    assert models == {"model-0", "model-1", "model-2", semconv.OTHER}
+    assert otel.value(REQUESTS, gen_ai__request__model=semconv.OTHER) == 3
+
+
+def test_error_type_prefers_http_status() -> None:
+    class Response:
+        status_code = 429
+
+    class WithResponse(Exception):
+        response = Response()
+
+    assert error_type(ProviderError(503)) == "503"
+    assert error_type(WithResponse()) == "429"
+    assert error_type(KeyError("x")) == "KeyError"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"operation": ""}, "operation must be a non-empty str"),
+        ({"operation": 3}, "operation must be a non-empty str"),
+        ({"model": ""}, "model must be a non-empty str or None"),
+        ({"provider": 1.5}, "provider must be a non-empty str or None"),
+    ],
+)
+def test_bad_names_raise_naming_the_argument(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        observe_stream(iter([]), **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        instrument_stream(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_stream_arguments() -> None:
+    with pytest.raises(TypeError, match="stream must be an iterable"):
+        observe_stream(42)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="count_tokens must be callable"):
+        observe_stream(iter([]), count_tokens=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="decorates async generator or generator functions"):
+        instrument_stream(lambda: None)
+    with pytest.raises(ValueError, match="n must be an int >= 0"):
+        observe().tokens(-1)
+    with pytest.raises(ValueError, match="input_tokens must be an int >= 0"):
+        observe().set_usage(input_tokens=-2)
