@@ -46,6 +46,9 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 _perf = time.perf_counter
+#: Passed as the context of records that need no exemplar: an exemplar costs
+#: about as much as the record itself, so only latency and TTFT carry them.
+_NO_EXEMPLAR = Context()
 _attach = otel_context.attach
 _detach = otel_context.detach
 
@@ -240,12 +243,12 @@ class StreamObservation:
         ttft = rate = None
 
         tel.operation_duration.record(latency, attrs, context=ctx)
-        tel.token_usage.record(tokens, token_attrs, context=ctx)
+        tel.token_usage.record(tokens, token_attrs, context=_NO_EXEMPLAR)
         if self._input_tokens is not None:
             tel.token_usage.record(
                 self._input_tokens,
                 {**attrs, semconv.TOKEN_TYPE: semconv.TokenType.INPUT.value},
-                context=ctx,
+                context=_NO_EXEMPLAR,
             )
         if t_first is not None:
             ttft = t_first - self._t_start
@@ -253,8 +256,9 @@ class StreamObservation:
             window = t_end - t_first
             if tokens >= 2 and window > 0:
                 rate = tokens / window
-                tel.output_token_rate.record(rate, attrs, context=ctx)
-                tel.time_per_output_chunk.record(window / (tokens - 1), attrs, context=ctx)
+                tel.output_token_rate.record(rate, attrs, context=_NO_EXEMPLAR)
+                tel.time_per_output_chunk.record(window / (tokens - 1), attrs,
+                                                 context=_NO_EXEMPLAR)
         tel.requests.add_key(key, 1)
         if outcome is Outcome.ERROR or outcome is Outcome.TIMEOUT:
             tel.errors.add_key(key, 1)
