@@ -56,7 +56,7 @@ def per_op(fn: Callable[[], None], n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def line(name: str, cost_s: float, base_s: float, base_name: str, target: str,
+def line(name: str, cost_s: float, base_s: float, base_name: str, *, target: str,
          ratio: float | None = None) -> str:
     ratio = cost_s / base_s if ratio is None else ratio
     return (f"{name:<44} {cost_s * 1e9:>9.0f} ns/op   baseline {base_name} "

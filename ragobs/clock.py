@@ -71,7 +71,11 @@ class ManualClock:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._push(self._now + seconds, _Timer(lambda: fut.done() or fut.set_result(None)))
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self._push(self._now + seconds, _Timer(wake))
         try:
             await fut
         finally:

@@ -42,13 +42,14 @@ def _with_exemplars(bucket_counts: Sequence[int], bounds: Sequence[float],
             by_bucket[index] = ex
     buckets: list[tuple[Any, ...]] = []
     cumulative = 0
-    for i, (bound, count) in enumerate(zip(chain(bounds, ["+Inf"]), bucket_counts)):
+    for i, (bound, count) in enumerate(zip(chain(bounds, ["+Inf"]), bucket_counts, strict=True)):
         cumulative += count
         ex = by_bucket.get(i)
         if ex is None:
             buckets.append((f"{bound}", cumulative))
         else:
-            labels = {"trace_id": format(ex.trace_id, "032x"), "span_id": format(ex.span_id, "016x")}
+            labels = {"trace_id": format(ex.trace_id, "032x"),
+                      "span_id": format(ex.span_id, "016x")}
             buckets.append(
                 (f"{bound}", cumulative, PromExemplar(labels, ex.value, ex.time_unix_nano / 1e9))
             )
@@ -57,7 +58,7 @@ def _with_exemplars(bucket_counts: Sequence[int], bounds: Sequence[float],
 
 if _CustomCollector is not None:
 
-    class _ExemplarCollector(_CustomCollector):  # type: ignore[misc,valid-type]
+    class _ExemplarCollector(_CustomCollector):
         def _translate_metric(self, metric: Any, scope_attrs: Any, resource_attrs: Any,
                               metric_family_id_metric_family: dict[str, Any]) -> None:
             if not isinstance(metric.data, Histogram):
@@ -75,7 +76,9 @@ if _CustomCollector is not None:
                 family = HistogramMetricFamily(name=name, documentation=description,
                                                labels=keys, unit=unit)
                 metric_family_id_metric_family[family_id] = family
-            for label_values, value, point in zip(rows, values, metric.data.data_points):
+            points = metric.data.data_points
+            for label_values, value, point in zip(rows, values, points, strict=True):
+                assert isinstance(value, dict)
                 family.add_metric(
                     labels=label_values,
                     buckets=_with_exemplars(value["bucket_counts"], value["explicit_bounds"],
@@ -108,9 +111,11 @@ class PrometheusReader(PrometheusMetricReader):
                                                resource_attribute_filter=keep)
             except TypeError:  # pragma: no cover - exporter signature changed
                 logger.warning("ragobs: exporter internals changed; exemplars disabled")
-        collector._callback = None
+        callback: Any = None
+        collector._callback = callback
         registry.register(collector)
-        collector._callback = self.collect
+        callback = self.collect
+        collector._callback = callback
         self._collector = collector
         self._registry = registry
 

@@ -17,7 +17,7 @@ class LabelGuard:
     so a series never changes its labels mid-life.
     """
 
-    __slots__ = ("_max_values", "_seen", "_lock")
+    __slots__ = ("_lock", "_max_values", "_seen")
 
     def __init__(self, max_values: int = DEFAULT_MAX_VALUES) -> None:
         if not isinstance(max_values, int) or isinstance(max_values, bool) or max_values < 1:

@@ -10,7 +10,7 @@ Prometheus names are listed in the README.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 # --- attribute keys -------------------------------------------------------
@@ -37,7 +37,7 @@ TIMEOUT_KIND: Final = "ragobs.timeout.kind"
 OTHER: Final = "_OTHER"
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How a request ended. Exactly one per request."""
 
     OK = "ok"
@@ -46,7 +46,7 @@ class Outcome(str, Enum):
     CANCELLED = "cancelled"
 
 
-class TokenType(str, Enum):
+class TokenType(StrEnum):
     INPUT = "input"
     OUTPUT = "output"
 
@@ -87,7 +87,7 @@ WAIT_BUCKETS: Final = (
 )
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     HISTOGRAM = "histogram"
     COUNTER = "counter"
     UP_DOWN_COUNTER = "up_down_counter"

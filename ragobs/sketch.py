@@ -17,7 +17,7 @@ class QuantileSketch:
     however many values are added.
     """
 
-    __slots__ = ("_gamma_log", "_buckets", "_zeros", "_count", "_alpha")
+    __slots__ = ("_alpha", "_buckets", "_count", "_gamma_log", "_zeros")
 
     def __init__(self, relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY) -> None:
         if not 0.0 < relative_accuracy < 1.0:
@@ -59,7 +59,8 @@ class QuantileSketch:
                 # The bucket (gamma^(k-1), gamma^k] is represented by the value
                 # whose relative distance to both ends is alpha.
                 return 2.0 * math.exp(key * self._gamma_log) / (1 + math.exp(self._gamma_log))
-        return 2.0 * math.exp(max(self._buckets) * self._gamma_log) / (1 + math.exp(self._gamma_log))
+        top = max(self._buckets)
+        return 2.0 * math.exp(top * self._gamma_log) / (1 + math.exp(self._gamma_log))
 
     @property
     def size(self) -> int:

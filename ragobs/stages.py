@@ -37,10 +37,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class stage:  # noqa: N801 - reads like a keyword: `with stage("retrieve"):`
+class stage:
     """Context manager (sync and async) and decorator for one pipeline stage."""
 
-    __slots__ = ("_name", "_source", "_telemetry", "_span", "_token", "_t0")
+    __slots__ = ("_name", "_source", "_span", "_t0", "_telemetry", "_token")
 
     def __init__(self, name: str, *, source: str | None = None,
                  telemetry: Telemetry | None = None) -> None:
@@ -111,12 +111,12 @@ class stage:  # noqa: N801 - reads like a keyword: `with stage("retrieve"):`
             def agen_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 return self._copy()._run_agen(func(*args, **kwargs))
 
-            return agen_wrapper  # type: ignore[return-value]
+            return agen_wrapper
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 with self._copy():
-                    return await func(*args, **kwargs)  # type: ignore[misc]
+                    return await func(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
 

@@ -76,7 +76,7 @@ def error_type(exc: BaseException) -> str:
 class _LabelSet:
     """Attribute dicts and counter keys for one (operation, provider, model)."""
 
-    __slots__ = ("span_name", "span_attributes", "active_key", "_ends", "_telemetry")
+    __slots__ = ("_ends", "_telemetry", "active_key", "span_attributes", "span_name")
 
     def __init__(self, telemetry: Telemetry, operation: str, provider: str | None,
                  model: str | None) -> None:
@@ -137,8 +137,17 @@ class StreamObservation:
     """
 
     __slots__ = (
-        "_telemetry", "_labels", "_span", "_ctx", "_t_start", "_t_first", "_n_tokens",
-        "_input_tokens", "_output_tokens", "_finished", "_also",
+        "_also",
+        "_ctx",
+        "_finished",
+        "_input_tokens",
+        "_labels",
+        "_n_tokens",
+        "_output_tokens",
+        "_span",
+        "_t_first",
+        "_t_start",
+        "_telemetry",
     )
 
     def __init__(self, telemetry: Telemetry, labels: _LabelSet,
@@ -443,7 +452,7 @@ def observe_stream(
     if hasattr(stream, "__aiter__"):
         return _observe_async(stream, obs, count_tokens)  # type: ignore[arg-type]
     if hasattr(stream, "__iter__"):
-        return _observe_sync(stream, obs, count_tokens)  # type: ignore[arg-type]
+        return _observe_sync(stream, obs, count_tokens)
     raise TypeError(f"stream must be an iterable or async iterable, got {type(stream).__name__}")
 
 

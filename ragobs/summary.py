@@ -43,7 +43,9 @@ class Session(dict[str, Any]):
     finished, ``end_time``, ``ttft`` and ``latency`` (seconds, monotonic clock).
     """
 
-    __slots__ = ("_obs", "_finalizer", "__weakref__")
+    __slots__ = ("__weakref__", "_finalizer", "_obs")
+    _obs: StreamObservation
+    _finalizer: weakref.finalize[[StreamObservation], Session]
 
 
 def _abandon(obs: StreamObservation) -> None:
@@ -69,7 +71,8 @@ class StreamingMetrics:
         keep_sessions: int = DEFAULT_KEEP_SESSIONS,
     ) -> None:
         _check_names(operation, model, provider)
-        if not isinstance(keep_sessions, int) or isinstance(keep_sessions, bool) or keep_sessions < 0:
+        if (not isinstance(keep_sessions, int) or isinstance(keep_sessions, bool)
+                or keep_sessions < 0):
             raise ValueError(f"keep_sessions must be an int >= 0, got {keep_sessions!r}")
         self._labels = (operation, provider, model)
         self._telemetry = telemetry

@@ -59,8 +59,17 @@ class SummaryStats:
     """
 
     __slots__ = (
-        "_lock", "_counts", "_ttft_sum", "_ttft_n", "_latency_sum", "_tokens_sum",
-        "_rate_sum", "_rate_n", "_ttft_sketch", "_latency_sketch", "_in_flight",
+        "_counts",
+        "_in_flight",
+        "_latency_sketch",
+        "_latency_sum",
+        "_lock",
+        "_rate_n",
+        "_rate_sum",
+        "_tokens_sum",
+        "_ttft_n",
+        "_ttft_sketch",
+        "_ttft_sum",
     )
 
     def __init__(self) -> None:

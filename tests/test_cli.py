@@ -26,11 +26,11 @@ def test_demo_runs_and_prints_the_dashboard() -> None:
                "--summary-every", "12", *FAST)
     assert done.returncode == 0, done.stderr
     assert "metrics at http://127.0.0.1:" in done.stdout
-    totals = re.findall(r"^Total Requests: (\d+)$", done.stdout, re.M)
+    totals = re.findall(r"^Total Requests: (\d+)$", done.stdout, re.MULTILINE)
     assert totals[-1] == "24"
     assert len(totals) == 3  # every 12 requests, and a final one
-    ok = int(re.findall(r"^Successful: (\d+) \(", done.stdout, re.M)[-1])
-    failed = int(re.findall(r"^Failed: (\d+) \(", done.stdout, re.M)[-1])
+    ok = int(re.findall(r"^Successful: (\d+) \(", done.stdout, re.MULTILINE)[-1])
+    failed = int(re.findall(r"^Failed: (\d+) \(", done.stdout, re.MULTILINE)[-1])
     assert ok + failed == 24 and ok > 0
 
 

@@ -148,9 +148,9 @@ def test_address_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_address() == ("0.0.0.0", 9100)
     assert resolve_address("::1", 1234) == ("::1", 1234)
     monkeypatch.setenv("RAGOBS_PORT", "http")
-    with pytest.raises(ValueError, match="RAGOBS_PORT must be an int in 0..65535"):
+    with pytest.raises(ValueError, match=r"RAGOBS_PORT must be an int in 0\.\.65535"):
         resolve_address()
-    with pytest.raises(ValueError, match="port must be an int in 0..65535"):
+    with pytest.raises(ValueError, match=r"port must be an int in 0\.\.65535"):
         resolve_address("127.0.0.1", 70000)
 
 

@@ -26,11 +26,11 @@ QUESTIONS = (
     "What is event bubbling in the DOM?",
 )
 
-_WORDS = (
+_WORDS = tuple(
     "the function returns a value that you can pass to another call so the code stays "
     "simple readable and easy to test when the input changes the result updates without "
-    "side effects which makes the behaviour predictable in production systems"
-).split()
+    "side effects which makes the behaviour predictable in production systems".split()
+)
 
 
 class AgentFailure(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sys
 import time
@@ -70,10 +71,8 @@ async def run_demo(runtime: Runtime, config: DemoConfig, options: RunOptions, *,
         nonlocal done
         while (n := more()) is not None:
             question = QUESTIONS[n % len(QUESTIONS)]
-            try:
+            with contextlib.suppress(Exception):  # counted by the instrumentation
                 await one_request(agent, question, runtime)
-            except Exception:  # counted by the instrumentation; keep serving
-                pass
             done += 1
             if options.summary_every and done % options.summary_every == 0:
                 print(format_dashboard(runtime.telemetry.summary.snapshot()), file=out,

@@ -16,7 +16,8 @@ def resolve_address(host: str | None = None, port: int | None = None) -> tuple[s
     """Host and port: arguments, else ``RAGOBS_HOST``/``RAGOBS_PORT``, else the
     standard ``OTEL_EXPORTER_PROMETHEUS_HOST``/``_PORT``, else 127.0.0.1:9464."""
     env = os.environ
-    host = host or env.get("RAGOBS_HOST") or env.get("OTEL_EXPORTER_PROMETHEUS_HOST") or DEFAULT_HOST
+    host = (host or env.get("RAGOBS_HOST") or env.get("OTEL_EXPORTER_PROMETHEUS_HOST")
+            or DEFAULT_HOST)
     if port is None:
         raw = env.get("RAGOBS_PORT") or env.get("OTEL_EXPORTER_PROMETHEUS_PORT")
         if raw is not None:
