@@ -45,13 +45,15 @@ def test_demo_serves_metrics_while_running_and_stops_cleanly_on_ctrl_c() -> None
     try:
         body = ""
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "ragobs_requests_total{" not in body:
+        ok_series = 'ragobs_outcome="ok"'
+        while time.monotonic() < deadline and ok_series not in body:
             time.sleep(0.2)
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
                     body = r.read().decode()
             except OSError:
                 continue
+        assert ok_series in body
         assert 'ragobs_requests_total{gen_ai_operation_name="chat"' in body
         assert 'gen_ai_request_model="sim-rag-1"' in body
         proc.send_signal(signal.SIGINT)
