@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
+from ragobs.stream import error_type
+
 logger = logging.getLogger("ragobs")
 
 
@@ -93,7 +95,7 @@ def emit(
     if span.is_recording():
         span_attrs: dict[str, AttributeValue] = {"ragobs.name": name, **attrs}
         if error is not None:
-            span_attrs["error.type"] = type(error).__name__
+            span_attrs["error.type"] = error_type(error)
         span.add_event(kind, span_attrs)
     if logger.isEnabledFor(level):
         text = message or f"{kind} {name}"
@@ -104,6 +106,7 @@ def emit(
             text,
             f" ({details})" if details else "",
             f" trace_id={trace_id}" if trace_id else "",
+            exc_info=error if error is not None and level >= logging.ERROR else None,
             extra={"ragobs_event": kind, "trace_id": trace_id},
         )
     for hook in _hooks:

@@ -32,6 +32,7 @@ RATELIMIT_REASON: Final = "ragobs.ratelimit.reason"
 RATELIMIT_WAITED: Final = "ragobs.ratelimit.waited"
 RATELIMIT_BACKEND_MODE: Final = "ragobs.ratelimit.backend_mode"
 TIMEOUT_KIND: Final = "ragobs.timeout.kind"
+RETRY_REASON: Final = "ragobs.retry.reason"
 
 #: The value an attribute takes once its cardinality cap is reached.
 OTHER: Final = "_OTHER"
@@ -187,7 +188,8 @@ RETRY_DELAY = InstrumentSpec(
 )
 RETRY_EXHAUSTED = InstrumentSpec(
     "ragobs.retry.exhausted", Kind.COUNTER, "{call}",
-    "Calls that failed after using all their attempts or their retry deadline.",
+    "Retryable failures not retried, by ragobs.retry.reason (attempts, deadline, budget, "
+    "output_started) and error.type.",
     None, "ragobs_retry_exhausted_total",
 )
 TIMEOUTS = InstrumentSpec(

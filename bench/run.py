@@ -1,0 +1,37 @@
+"""Run every benchmark; each prints ratios against a baseline measured in the same run.
+
+    python -m bench.run            # everything (the memory run takes a few minutes)
+    python -m bench.run --quick    # 10^5 sessions for the memory run
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter memory run")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args()
+    figures: dict[str, dict[str, float]] = {}
+    for name in ("bench_stream", "bench_ratelimit", "bench_retry"):
+        module = importlib.import_module(f"bench.{name}")
+        print(f"== {name}")
+        t0 = time.perf_counter()
+        figures[name] = module.main()
+        print(f"   ({time.perf_counter() - t0:.0f} s)")
+    print("== bench_memory")
+    from bench import bench_memory
+
+    figures["bench_memory"] = bench_memory.main(100_000 if args.quick else 1_000_000)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(figures, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()

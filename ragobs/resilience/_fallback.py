@@ -1,0 +1,232 @@
+"""Error recovery: a failed request gets a friendly answer instead of an error.
+
+::
+
+    @fallback
+    async def answer(question):              # an async generator function
+        async for chunk in agent.answer(question):
+            yield chunk
+
+On failure the user sees ``I encountered an error. Please try rephrasing your
+question.``; the error itself is logged with its trace id, added as a
+``fallback`` event to the current span, handed to the hooks and counted in
+``ragobs.fallbacks`` by ``error.type``. Each call recovers on its own: a
+failure never touches other requests in flight.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from typing import Any, Final, TypeVar, cast, overload
+
+from ragobs import semconv
+from ragobs.events import emit, logger
+from ragobs.resilience._retry import (
+    ExceptionFilter,
+    _check_name,
+    _check_telemetry,
+    _close,
+    _default_name,
+    _describe,
+    _exception_filter,
+)
+from ragobs.stream import error_type
+from ragobs.telemetry import Telemetry, get_telemetry
+
+__all__ = ["DEFAULT_FALLBACK_MESSAGE", "fallback", "fallback_stream"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+DEFAULT_FALLBACK_MESSAGE: Final = "I encountered an error. Please try rephrasing your question."
+
+#: Event attribute: True when a stream had already yielded output.
+PARTIAL: Final = "fallback.partial"
+
+Message = str | Callable[[BaseException], Any]
+
+_LEVELS: Final = (logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+class _Recovery:
+    """Validated settings of one wrapper, and what it does with a failure."""
+
+    __slots__ = ("level", "message", "name", "recoverable", "telemetry")
+
+    def __init__(self, *, message: object, on: object, level: object, name: object,
+                 telemetry: object) -> None:
+        if not isinstance(message, str) and not callable(message):
+            raise TypeError(
+                f"message must be a str or a callable taking the exception, got {message!r}")
+        self.message = message
+        self.recoverable = _exception_filter(on)
+        if level not in _LEVELS:
+            raise ValueError("level must be logging.WARNING, logging.ERROR or "
+                             f"logging.CRITICAL, got {level!r}")
+        self.level: int = level
+        self.name = _check_name(name)
+        self.telemetry = _check_telemetry(telemetry)
+
+    def named(self, name: str) -> _Recovery:
+        if self.name is not None:
+            return self
+        clone = object.__new__(_Recovery)
+        for slot in _Recovery.__slots__:
+            setattr(clone, slot, getattr(self, slot))
+        clone.name = name
+        return clone
+
+    def recovers(self, exc: Exception) -> bool:
+        return self.recoverable is None or self.recoverable(exc)
+
+    def serve(self, exc: Exception, *, partial: bool | None = None) -> Any:
+        """Report ``exc`` and return the fallback answer for it."""
+        name = cast(str, self.name)
+        tel = self.telemetry or get_telemetry()
+        etype = tel.bound(semconv.ERROR_TYPE, error_type(exc))
+        tel.counter(semconv.FALLBACKS).add(
+            1, {semconv.NAME: tel.bound(semconv.NAME, name), semconv.ERROR_TYPE: etype})
+        attrs: dict[str, Any] = {} if partial is None else {PARTIAL: partial}
+        emit(semconv.EVENT_FALLBACK, name, attrs, error=exc, level=self.level,
+             message=f"fallback served by {name} after {_describe(exc)}")
+        message = self.message
+        if isinstance(message, str):
+            return message
+        try:
+            return message(exc)
+        except Exception:  # the safety net must not tear: use the default text
+            logger.exception("ragobs fallback %s: message callable failed", name)
+            return DEFAULT_FALLBACK_MESSAGE
+
+
+async def _recover_stream(source: AsyncIterable[T], policy: _Recovery
+                          ) -> AsyncGenerator[T | Any, None]:
+    iterator: AsyncIterator[T] | None = None
+    exhausted = False
+    partial = False
+    try:
+        while True:
+            try:
+                if iterator is None:
+                    iterator = source.__aiter__()
+                chunk = await iterator.__anext__()
+            except StopAsyncIteration:
+                exhausted = True
+                return
+            except Exception as exc:
+                if not policy.recovers(exc):
+                    raise
+                failure: Exception = exc
+                break
+            partial = True
+            yield chunk
+        await _close(iterator)
+        iterator = None
+        yield policy.serve(failure, partial=partial)
+    finally:
+        if not exhausted:
+            await _close(iterator)
+
+
+def fallback_stream(
+    stream: AsyncIterable[T],
+    *,
+    message: Message = DEFAULT_FALLBACK_MESSAGE,
+    on: ExceptionFilter | None = None,
+    level: int = logging.ERROR,
+    name: str | None = None,
+    telemetry: Telemetry | None = None,
+) -> AsyncGenerator[T | Any, None]:
+    """The chunks of ``stream``; if it fails, the fallback message as a last chunk.
+
+    Same arguments and guarantees as :func:`fallback`.
+    """
+    if not hasattr(stream, "__aiter__"):
+        raise TypeError(f"stream must be an async iterable, got {stream!r}")
+    policy = _Recovery(message=message, on=on, level=level, name=name, telemetry=telemetry)
+    return _recover_stream(stream, policy.named(_default_name(stream, "fallback_stream")))
+
+
+@overload
+def fallback(fn: F, /) -> F: ...
+
+
+@overload
+def fallback(
+    fn: None = None, /, *, message: Message = DEFAULT_FALLBACK_MESSAGE,
+    on: ExceptionFilter | None = None, level: int = logging.ERROR, name: str | None = None,
+    telemetry: Telemetry | None = None,
+) -> Callable[[F], F]: ...
+
+
+def fallback(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    message: Message = DEFAULT_FALLBACK_MESSAGE,
+    on: ExceptionFilter | None = None,
+    level: int = logging.ERROR,
+    name: str | None = None,
+    telemetry: Telemetry | None = None,
+) -> Any:
+    """Answer with a fallback message when a request fails, instead of raising.
+
+    Usable bare (``@fallback``) or with arguments; the decorated function
+    keeps its name, docstring and signature.
+
+    * A coroutine function returns the fallback message in place of raising.
+    * An async generator function yields the fallback message as its last
+      chunk and ends normally. If it had already yielded part of an answer,
+      the message is still appended after that partial output (so the user
+      learns the answer is cut short); the event's ``fallback.partial`` says
+      which case it was.
+
+    Only failures of the call itself are recovered, and only
+    :class:`Exception` subclasses (narrowed by ``on``): cancellation,
+    ``KeyboardInterrupt`` and a consumer closing the stream early are never
+    swallowed. Each recovery is reported with the exception (``fallback``
+    span event with ``error.type``, a log record at ``level`` carrying the
+    trace id, the hooks) and counted in ``ragobs.fallbacks`` by
+    ``error.type``. Nothing is shared between calls, so one request's failure
+    never affects another's.
+
+    Args:
+        message: the text served, or a callable taking the exception and
+            returning it (if that callable raises, the default text is used).
+        on: what to recover: an exception type, a tuple of them, or a
+            predicate taking the exception. Default: every ``Exception``.
+        level: log level of the report: logging.WARNING, ERROR or CRITICAL.
+        name: reported as ``ragobs.name``; default the function's qualified name.
+        telemetry: where metrics go; default :func:`~ragobs.get_telemetry` at use.
+    """
+    policy = _Recovery(message=message, on=on, level=level, name=name, telemetry=telemetry)
+
+    def decorate(func: F) -> F:
+        named = policy.named(_default_name(func, "fallback"))
+        if inspect.isasyncgenfunction(func):
+            @functools.wraps(func)
+            def stream_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+                return _recover_stream(func(*args, **kwargs), named)
+
+            return cast(F, stream_wrapper)
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await func(*args, **kwargs)
+                except Exception as exc:
+                    if not named.recovers(exc):
+                        raise
+                    return named.serve(exc)
+
+            return cast(F, wrapper)
+        raise TypeError(
+            "fallback decorates coroutine functions and async generator functions, got "
+            f"{func!r}; wrap a stream with fallback_stream()")
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

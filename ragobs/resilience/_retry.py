@@ -1,0 +1,731 @@
+"""Retry with exponential backoff and jitter, for coroutines and for streams.
+
+One entry point::
+
+    @retry(attempts=4, deadline=30)
+    async def complete(prompt): ...
+
+    @retry
+    async def answer(question):          # an async generator function
+        async for chunk in llm.stream(question):
+            yield chunk
+
+    async for chunk in retry_stream(lambda: llm.stream(q), budget=BUDGET): ...
+
+Defaults reproduce the seed's schedule: up to 4 attempts, waiting about 1 s,
+2 s and 4 s between them. Only failures worth retrying are retried (see
+:func:`is_retryable`); a server's ``Retry-After`` is honoured; an optional
+``deadline`` bounds the whole call and a shared :class:`RetryBudget` bounds
+the extra load retries may add across calls.
+
+When it gives up, ``retry`` re-raises the last attempt's own exception,
+with a note (PEP 678) saying why; there is no wrapper exception.
+
+Every retry is reported through :func:`ragobs.events.emit` (``retry``, and
+``retry.exhausted`` when giving up after a retryable failure) and counted in
+``ragobs.retry.attempts``, ``ragobs.retry.delay`` and
+``ragobs.retry.exhausted``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import errno
+import functools
+import inspect
+import logging
+import math
+import random
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from datetime import UTC, timedelta
+from typing import Any, Final, TypeVar, cast, overload
+
+from opentelemetry.util.types import AttributeValue
+
+from ragobs import semconv
+from ragobs.clock import SYSTEM_CLOCK, Clock
+from ragobs.events import emit
+from ragobs.stream import error_type
+from ragobs.telemetry import Telemetry, get_telemetry
+
+__all__ = ["RetryBudget", "is_retryable", "retry", "retry_stream"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: A filter: exception types, or a predicate taking the exception.
+ExceptionFilter = (
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+)
+
+# Event attribute keys (span events, logs, hooks).
+ATTEMPT: Final = "retry.attempt"
+DELAY: Final = "retry.delay_s"
+RETRY_AFTER: Final = "retry.retry_after_s"
+ATTEMPTS_MADE: Final = "retry.attempts"
+REASON: Final = "retry.reason"
+#: Metric attribute of ``ragobs.retry.exhausted`` (belongs in semconv).
+RETRY_REASON: Final = semconv.RETRY_REASON
+
+#: Why a retryable failure was not retried.
+REASON_ATTEMPTS: Final = "attempts"
+REASON_DEADLINE: Final = "deadline"
+REASON_BUDGET: Final = "budget"
+REASON_OUTPUT_STARTED: Final = "output_started"
+
+_NETWORK_ERRNOS: Final = frozenset(
+    getattr(errno, code) for code in (
+        "ECONNABORTED", "ECONNREFUSED", "ECONNRESET", "EHOSTDOWN", "EHOSTUNREACH",
+        "ENETDOWN", "ENETRESET", "ENETUNREACH", "EPIPE", "ETIMEDOUT",
+    ) if hasattr(errno, code)
+)
+
+
+# --- what is worth retrying ------------------------------------------------
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status ``exc`` carries (itself or on ``exc.response``), if any."""
+    for holder in (exc, getattr(exc, "response", None)):
+        if holder is None:
+            continue
+        for attr in ("status_code", "status"):
+            status = getattr(holder, attr, None)
+            if isinstance(status, int) and not isinstance(status, bool) \
+                    and 100 <= status <= 599:
+                return status
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The default retry filter: is ``exc`` a failure a retry may fix?
+
+    True for connection errors (:class:`ConnectionError`, network-level
+    :class:`OSError` such as "host unreachable" or a DNS lookup that should be
+    tried again, ``aiohttp.ClientConnectionError``), timeouts (any
+    :class:`TimeoutError`, including :class:`~ragobs.errors.StreamTimeout`)
+    and errors carrying HTTP status 429 or 5xx (``exc.status``,
+    ``exc.status_code``, ``exc.response.status_code`` or
+    ``exc.response.status``). Never true for anything that is not an
+    :class:`Exception` (cancellation, ``KeyboardInterrupt``).
+    """
+    if not isinstance(exc, Exception):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    status = _status(exc)
+    if status is not None:
+        return status == 429 or status >= 500
+    if isinstance(exc, socket.gaierror):
+        return exc.errno == socket.EAI_AGAIN
+    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
+        return True
+    return _is_aiohttp_connection(exc)
+
+
+def _is_aiohttp_connection(exc: BaseException) -> bool:
+    # aiohttp's errors can only exist once aiohttp is imported: never import it.
+    aiohttp = sys.modules.get("aiohttp")
+    conn_error = getattr(aiohttp, "ClientConnectionError", None)
+    return isinstance(conn_error, type) and isinstance(exc, conn_error)
+
+
+def _retry_after(exc: BaseException, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds the server asked us to wait, from ``exc.retry_after`` or the
+    ``Retry-After`` / ``retry-after-ms`` header on ``exc`` or ``exc.response``.
+
+    ``Retry-After`` is delay-seconds or an HTTP-date (compared with ``now()``,
+    the wall clock). Unparseable values are ignored; past dates give 0.
+    """
+    value = getattr(exc, "retry_after", None)
+    if value is not None:
+        found = _seconds(value, now)
+        if found is not None:
+            return found
+    for holder in (exc, getattr(exc, "response", None)):
+        headers = getattr(holder, "headers", None) if holder is not None else None
+        if headers is None or not hasattr(headers, "get"):
+            continue
+        millis = _header(headers, "retry-after-ms")
+        if millis is not None:
+            with contextlib.suppress(ValueError):
+                ms = float(millis)
+                if math.isfinite(ms) and ms >= 0:
+                    return ms / 1000.0
+        raw = _header(headers, "retry-after")
+        if raw is not None:
+            found = _seconds(raw, now)
+            if found is not None:
+                return found
+    return None
+
+
+def _header(headers: Any, key: str) -> str | None:
+    # Case-insensitive mappings (aiohttp, httpx, requests) find either
+    # spelling directly; a plain dict may use any case.
+    for spelling in (key, key.title()):
+        with contextlib.suppress(Exception):
+            value = headers.get(spelling)
+            if value is not None:
+                return str(value)
+    with contextlib.suppress(Exception):
+        for name, value in headers.items():
+            if isinstance(name, str) and name.lower() == key:
+                return str(value)
+    return None
+
+
+def _seconds(value: object, now: Callable[[], float]) -> float | None:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    with contextlib.suppress(ValueError):
+        seconds = float(text)
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now())
+
+
+# --- argument checks shared by the resilience wrappers ---------------------
+
+
+def _number(arg: str, value: object, rule: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{arg} must be a number {rule}, got {value!r}")
+    return float(value)
+
+
+def _positive(arg: str, value: object, *, allow_inf: bool = False) -> float:
+    """``value`` as a float > 0 (finite unless ``allow_inf``)."""
+    rule = "> 0" if allow_inf else "> 0 (finite)"
+    number = _number(arg, value, rule)
+    if not number > 0 or (math.isinf(number) and not allow_inf):
+        raise ValueError(f"{arg} must be a number {rule}, got {value!r}")
+    return number
+
+
+def _optional_positive(arg: str, value: object) -> float | None:
+    if value is None:
+        return None
+    rule = "> 0 (finite) or None"
+    number = _number(arg, value, rule)
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{arg} must be a number {rule}, got {value!r}")
+    return number
+
+
+def _in_range(arg: str, value: object, low: float, high: float) -> float:
+    rule = f"in [{low:g}, {high:g}]"
+    number = _number(arg, value, rule)
+    if not low <= number <= high:
+        raise ValueError(f"{arg} must be a number {rule}, got {value!r}")
+    return number
+
+
+def _exception_filter(on: object) -> Callable[[BaseException], bool] | None:
+    """``on=`` as a predicate (``None`` stays ``None``: use the default)."""
+    if on is None:
+        return None
+    if isinstance(on, type) and issubclass(on, BaseException):
+        exc_type = on
+        return lambda exc: isinstance(exc, exc_type)
+    if isinstance(on, tuple) and on and all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in on):
+        exc_types = on
+        return lambda exc: isinstance(exc, exc_types)
+    if callable(on) and not isinstance(on, type):
+        return cast(Callable[[BaseException], bool], on)
+    raise TypeError(
+        "on must be an exception type, a non-empty tuple of exception types or a "
+        f"predicate taking the exception, got {on!r}"
+    )
+
+
+def _check_clock(clock: object) -> Clock:
+    if clock is None:
+        return SYSTEM_CLOCK
+    if not all(callable(getattr(clock, m, None)) for m in ("now", "sleep", "call_at")):
+        raise TypeError(f"clock must be a ragobs.clock.Clock (now, sleep, call_at), got {clock!r}")
+    return cast(Clock, clock)
+
+
+def _check_telemetry(telemetry: object) -> Telemetry | None:
+    if telemetry is not None and not isinstance(telemetry, Telemetry):
+        raise TypeError(f"telemetry must be a ragobs.Telemetry or None, got {telemetry!r}")
+    return telemetry
+
+
+def _check_name(name: object) -> str | None:
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"name must be a non-empty str or None, got {name!r}")
+    return name
+
+
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"`` for logs; never raises, whatever ``__str__`` does."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _default_name(obj: object, fallback: str) -> str:
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return name if isinstance(name, str) and name else fallback
+
+
+# --- the budget ------------------------------------------------------------
+
+
+class RetryBudget:
+    """Caps retries at a fraction of calls, for every wrapper that shares it.
+
+    Finagle-style: calls through the wrappers given this budget earn
+    retries, and retries spend them. Guarantee: a retry is granted only if,
+    counting the last ``window`` seconds (kept in 10 slots, so the window
+    slides in steps of ``window / 10``), the retries granted including this
+    one are at most ``ratio * calls + min_per_second * window``. The floor
+    lets a quiet service still retry; under a burst of failures the extra
+    load stays a ``ratio`` of the traffic. A denied retry makes the call give
+    up with its error (reason ``budget``).
+
+    Thread-safe; share one budget per downstream dependency.
+
+    Args:
+        ratio: retries allowed per call, a number >= 0 (0.2: at most 20 %
+            extra load).
+        min_per_second: retries always allowed per second, a number >= 0.
+        window: seconds over which calls and retries are counted, > 0.
+        clock: time source (default: the monotonic clock).
+    """
+
+    __slots__ = ("_calls", "_clock", "_epochs", "_floor", "_lock", "_ratio", "_retries",
+                 "_width")
+
+    _SLOTS = 10
+
+    def __init__(self, *, ratio: float = 0.2, min_per_second: float = 1.0,
+                 window: float = 10.0, clock: Clock | None = None) -> None:
+        ratio = _number("ratio", ratio, ">= 0")
+        if not (ratio >= 0 and math.isfinite(ratio)):
+            raise ValueError(f"ratio must be a number >= 0, got {ratio!r}")
+        min_per_second = _number("min_per_second", min_per_second, ">= 0")
+        if not (min_per_second >= 0 and math.isfinite(min_per_second)):
+            raise ValueError(f"min_per_second must be a number >= 0, got {min_per_second!r}")
+        window = _positive("window", window)
+        self._ratio = ratio
+        self._floor = min_per_second * window
+        self._width = window / self._SLOTS
+        self._clock = _check_clock(clock)
+        self._calls = [0] * self._SLOTS
+        self._retries = [0] * self._SLOTS
+        self._epochs = [-1] * self._SLOTS
+        self._lock = threading.Lock()
+
+    def _slot(self) -> tuple[int, int]:
+        epoch = int(self._clock.now() // self._width)
+        slot = epoch % self._SLOTS
+        if self._epochs[slot] != epoch:
+            self._epochs[slot] = epoch
+            self._calls[slot] = 0
+            self._retries[slot] = 0
+        return epoch, slot
+
+    def _totals(self, epoch: int) -> tuple[int, int]:
+        calls = retries = 0
+        oldest = epoch - self._SLOTS
+        for i in range(self._SLOTS):
+            if self._epochs[i] > oldest:
+                calls += self._calls[i]
+                retries += self._retries[i]
+        return calls, retries
+
+    def record_call(self) -> None:
+        """Count one call (its first attempt); wrappers do this for you."""
+        with self._lock:
+            self._calls[self._slot()[1]] += 1
+
+    def try_retry(self) -> bool:
+        """Take one retry if the budget allows it now; False (and nothing taken) if not."""
+        with self._lock:
+            epoch, slot = self._slot()
+            calls, retries = self._totals(epoch)
+            if retries + 1 > self._ratio * calls + self._floor + 1e-9:
+                return False
+            self._retries[slot] += 1
+            return True
+
+    def snapshot(self) -> tuple[int, int]:
+        """(calls, retries) counted in the current window."""
+        with self._lock:
+            return self._totals(self._slot()[0])
+
+    def __repr__(self) -> str:
+        calls, retries = self.snapshot()
+        return (f"RetryBudget(ratio={self._ratio:g}, floor={self._floor:g}, "
+                f"window={self._width * self._SLOTS:g}, calls={calls}, retries={retries})")
+
+
+# --- the policy ------------------------------------------------------------
+
+
+class _Policy:
+    """Validated settings of one wrapper, and the decision after a failure."""
+
+    __slots__ = ("attempts", "budget", "clock", "deadline", "initial", "jitter", "max_delay",
+                 "multiplier", "name", "retryable", "rng", "telemetry")
+
+    def __init__(self, *, attempts: object, initial: object, multiplier: object,
+                 max_delay: object, jitter: object, on: object, deadline: object,
+                 budget: object, name: object, clock: object, telemetry: object,
+                 rng: object) -> None:
+        if not isinstance(attempts, int) or isinstance(attempts, bool):
+            raise TypeError(f"attempts must be an int >= 1, got {attempts!r}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
+        self.attempts = attempts
+        self.initial = _positive("initial", initial)
+        self.multiplier = _number("multiplier", multiplier, ">= 1 (finite)")
+        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
+            raise ValueError(f"multiplier must be a number >= 1 (finite), got {multiplier!r}")
+        self.max_delay = _positive("max_delay", max_delay, allow_inf=True)
+        if self.max_delay < self.initial:
+            raise ValueError(
+                f"max_delay must be >= initial ({self.initial:g}), got {max_delay!r}")
+        self.jitter = _in_range("jitter", jitter, 0.0, 1.0)
+        self.retryable = _exception_filter(on) or is_retryable
+        self.deadline = _optional_positive("deadline", deadline)
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise TypeError(f"budget must be a RetryBudget or None, got {budget!r}")
+        self.budget = budget
+        self.name = _check_name(name)
+        self.clock = _check_clock(clock)
+        self.telemetry = _check_telemetry(telemetry)
+        if rng is None:
+            rng = random.random
+        if not callable(rng):
+            raise TypeError(f"rng must be a callable returning a float in [0, 1), got {rng!r}")
+        self.rng: Callable[[], float] = rng
+
+    def named(self, name: str) -> _Policy:
+        if self.name is not None:
+            return self
+        clone = object.__new__(_Policy)
+        for slot in _Policy.__slots__:
+            setattr(clone, slot, getattr(self, slot))
+        clone.name = name
+        return clone
+
+    def delay(self, attempt: int, exc: BaseException) -> tuple[float, float | None]:
+        """(wait before attempt ``attempt + 1``, the server's Retry-After if any)."""
+        try:
+            base = self.initial * self.multiplier ** (attempt - 1)
+        except OverflowError:
+            base = math.inf
+        wait = min(self.max_delay, base)
+        if self.jitter:
+            wait = min(self.max_delay, wait * (1.0 + self.jitter * (2.0 * self.rng() - 1.0)))
+        server = _retry_after(exc)
+        if server is not None and server > wait:
+            wait = server
+        return wait, server
+
+    async def pause(self, exc: BaseException, attempt: int, start: float) -> bool:
+        """After attempt number ``attempt`` failed with ``exc``: wait and return
+        True to try again, or report giving up and return False."""
+        if not self.retryable(exc):
+            return False
+        if attempt >= self.attempts:
+            self.give_up(exc, attempt, REASON_ATTEMPTS)
+            return False
+        wait, server = self.delay(attempt, exc)
+        if self.deadline is not None and self.clock.now() + wait > start + self.deadline:
+            self.give_up(exc, attempt, REASON_DEADLINE)
+            return False
+        if self.budget is not None and not self.budget.try_retry():
+            self.give_up(exc, attempt, REASON_BUDGET)
+            return False
+        self._report_retry(exc, attempt + 1, wait, server)
+        await self.clock.sleep(wait)
+        return True
+
+    def output_started(self, exc: BaseException, attempt: int) -> None:
+        """A stream failed after yielding: report it if a retry was otherwise possible."""
+        if isinstance(exc, Exception) and self.retryable(exc):
+            self.give_up(exc, attempt, REASON_OUTPUT_STARTED)
+
+    def _report_retry(self, exc: BaseException, attempt: int, wait: float,
+                      server: float | None) -> None:
+        name = cast(str, self.name)
+        tel = self.telemetry or get_telemetry()
+        etype = tel.bound(semconv.ERROR_TYPE, error_type(exc))
+        bounded = tel.bound(semconv.NAME, name)
+        tel.counter(semconv.RETRY_ATTEMPTS).add(
+            1, {semconv.NAME: bounded, semconv.ERROR_TYPE: etype})
+        tel.histogram(semconv.RETRY_DELAY).record(wait, {semconv.NAME: bounded})
+        attrs: dict[str, AttributeValue] = {ATTEMPT: attempt, DELAY: wait}
+        if server is not None:
+            attrs[RETRY_AFTER] = server
+        emit(semconv.EVENT_RETRY, name, attrs, error=exc, level=logging.WARNING,
+             message=f"retry {name} after {_describe(exc)}")
+
+    def give_up(self, exc: BaseException, attempts_made: int, reason: str) -> None:
+        name = cast(str, self.name)
+        tel = self.telemetry or get_telemetry()
+        etype = tel.bound(semconv.ERROR_TYPE, error_type(exc))
+        tel.counter(semconv.RETRY_EXHAUSTED).add(1, {
+            semconv.NAME: tel.bound(semconv.NAME, name),
+            semconv.ERROR_TYPE: etype,
+            RETRY_REASON: reason,
+        })
+        emit(semconv.EVENT_RETRY_EXHAUSTED, name,
+             {ATTEMPTS_MADE: attempts_made, REASON: reason}, error=exc, level=logging.WARNING,
+             message=f"retry {name} gave up ({reason}) after {_describe(exc)}")
+        with contextlib.suppress(Exception):
+            exc.add_note(f"ragobs retry {name!r}: not retried ({reason}) after "
+                         f"{attempts_made} attempt(s)")
+
+
+# --- the wrappers ----------------------------------------------------------
+
+
+def _coroutine_wrapper(fn: Callable[..., Awaitable[T]],
+                       policy: _Policy) -> Callable[..., Awaitable[T]]:
+    budget = policy.budget
+    clock = policy.clock
+    timed = policy.deadline is not None
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        if budget is not None:
+            budget.record_call()
+        start = clock.now() if timed else 0.0
+        try:  # the first attempt, kept lean: most calls succeed here
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            failure: Exception = exc
+        attempt = 1
+        while await policy.pause(failure, attempt, start):
+            attempt += 1
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
+        raise failure
+
+    return wrapper
+
+
+async def _open(factory: Callable[[], Any]) -> AsyncIterator[Any]:
+    source = factory()
+    if not hasattr(source, "__aiter__") and inspect.isawaitable(source):
+        source = await source
+    if not hasattr(source, "__aiter__"):
+        raise TypeError(f"the stream factory must return an async iterable, got {source!r}")
+    iterator: AsyncIterator[Any] = source.__aiter__()
+    return iterator
+
+
+async def _close(iterator: AsyncIterator[Any] | None) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):  # a broken stream may fail to close too
+            await aclose()
+
+
+async def _retry_stream(factory: Callable[[], Any], policy: _Policy) -> AsyncGenerator[Any, None]:
+    if policy.budget is not None:
+        policy.budget.record_call()
+    start = policy.clock.now() if policy.deadline is not None else 0.0
+    attempt = 1
+    while True:  # attempts, until one yields its first chunk
+        iterator: AsyncIterator[Any] | None = None
+        try:
+            iterator = await _open(factory)
+            first = await iterator.__anext__()
+            break
+        except StopAsyncIteration:
+            return
+        except Exception as exc:
+            failure: Exception = exc
+        except BaseException:  # cancelled while opening: still close what was opened
+            await _close(iterator)
+            raise
+        await _close(iterator)
+        if not await policy.pause(failure, attempt, start):
+            raise failure
+        del failure
+        attempt += 1
+    finished = False
+    try:
+        yield first
+        async for chunk in iterator:
+            yield chunk
+        finished = True
+    except Exception as exc:
+        # A chunk has reached the consumer: restarting would repeat output.
+        policy.output_started(exc, attempt)
+        raise
+    finally:
+        if not finished:
+            await _close(iterator)
+
+
+@overload
+def retry(fn: F, /) -> F: ...
+
+
+@overload
+def retry(
+    fn: None = None, /, *, attempts: int = 4, initial: float = 1.0, multiplier: float = 2.0,
+    max_delay: float = 30.0, jitter: float = 0.2, on: ExceptionFilter | None = None,
+    deadline: float | None = None, budget: RetryBudget | None = None, name: str | None = None,
+    clock: Clock | None = None, telemetry: Telemetry | None = None,
+    rng: Callable[[], float] | None = None,
+) -> Callable[[F], F]: ...
+
+
+def retry(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    attempts: int = 4,
+    initial: float = 1.0,
+    multiplier: float = 2.0,
+    max_delay: float = 30.0,
+    jitter: float = 0.2,
+    on: ExceptionFilter | None = None,
+    deadline: float | None = None,
+    budget: RetryBudget | None = None,
+    name: str | None = None,
+    clock: Clock | None = None,
+    telemetry: Telemetry | None = None,
+    rng: Callable[[], float] | None = None,
+) -> Any:
+    """Retry a coroutine function or an async generator function on failure.
+
+    Usable bare (``@retry``) or with arguments (``@retry(attempts=3)``); the
+    decorated function keeps its name, docstring and signature.
+
+    Schedule: attempt ``n + 1`` starts after a wait of
+    ``min(max_delay, initial * multiplier**(n-1))`` scaled by a factor drawn
+    uniformly from ``[1 - jitter, 1 + jitter]`` (never more than
+    ``max_delay``). With the defaults and ``jitter=0`` that is 1 s, 2 s, 4 s.
+    If the failure carries a server's ``Retry-After`` (``exc.retry_after``
+    seconds, or a ``Retry-After`` header of ``exc.headers`` /
+    ``exc.response.headers``, in seconds or as an HTTP-date), the wait is at
+    least that long.
+
+    Giving up: the last attempt's own exception is re-raised, at once when
+    it is not retryable, and with a note (PEP 678) saying why when
+    ``attempts`` are used up, when the next wait would end past ``deadline``
+    (seconds since the call started; the call never sleeps past it, but an
+    attempt in progress is not cut short: combine with
+    :func:`~ragobs.resilience._timeout.timeout` for that), or when ``budget``
+    denies the retry. Cancellation, ``KeyboardInterrupt`` and other
+    non-``Exception`` errors are never caught.
+
+    Streams (async generator functions, and :func:`retry_stream`): a failure
+    before the first chunk reached the consumer is retried by calling the
+    function again. Once any chunk has been yielded the stream is never
+    restarted, since that would repeat output: the error propagates as it is,
+    and a ``retry.exhausted`` event with reason ``output_started`` records
+    that a retryable failure was not retried.
+
+    Reporting: before each retry a ``retry`` event (``retry.attempt``: the
+    number of the attempt about to start, so 2 for the first retry;
+    ``retry.delay_s``; ``retry.retry_after_s`` when the server asked),
+    ``ragobs.retry.attempts`` by ``error.type`` and the wait in
+    ``ragobs.retry.delay``. On giving up after a retryable failure a
+    ``retry.exhausted`` event (``retry.reason``: ``attempts``, ``deadline``,
+    ``budget`` or ``output_started``) and ``ragobs.retry.exhausted``.
+
+    Args:
+        attempts: attempts in all, an int >= 1 (1 disables retrying).
+        initial: first wait in seconds, > 0.
+        multiplier: growth of the wait per retry, >= 1.
+        max_delay: cap on any backoff wait in seconds, >= initial (may be inf).
+        jitter: relative spread of each wait, in [0, 1]; 0 for an exact schedule.
+        on: what to retry: an exception type, a tuple of them, or a predicate
+            taking the exception. Default :func:`is_retryable`.
+        deadline: seconds for the whole call across attempts and waits, or None.
+        budget: a :class:`RetryBudget` shared across calls, or None.
+        name: reported as ``ragobs.name``; default the function's qualified name.
+        clock: time source for waits and the deadline (tests: ManualClock).
+        telemetry: where metrics go; default :func:`~ragobs.get_telemetry` at use.
+        rng: a callable returning floats in [0, 1) for jitter; default
+            :func:`random.random`.
+    """
+    policy = _Policy(attempts=attempts, initial=initial, multiplier=multiplier,
+                     max_delay=max_delay, jitter=jitter, on=on, deadline=deadline,
+                     budget=budget, name=name, clock=clock, telemetry=telemetry, rng=rng)
+
+    def decorate(func: F) -> F:
+        named = policy.named(_default_name(func, "retry"))
+        if inspect.isasyncgenfunction(func):
+            @functools.wraps(func)
+            def stream_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+                return _retry_stream(functools.partial(func, *args, **kwargs), named)
+
+            return cast(F, stream_wrapper)
+        if inspect.iscoroutinefunction(func):
+            return cast(F, _coroutine_wrapper(func, named))
+        raise TypeError(
+            "retry decorates coroutine functions and async generator functions, got "
+            f"{func!r}; wrap a stream factory with retry_stream()"
+        )
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+
+def retry_stream(
+    factory: Callable[[], AsyncIterable[T] | Awaitable[AsyncIterable[T]]],
+    *,
+    attempts: int = 4,
+    initial: float = 1.0,
+    multiplier: float = 2.0,
+    max_delay: float = 30.0,
+    jitter: float = 0.2,
+    on: ExceptionFilter | None = None,
+    deadline: float | None = None,
+    budget: RetryBudget | None = None,
+    name: str | None = None,
+    clock: Clock | None = None,
+    telemetry: Telemetry | None = None,
+    rng: Callable[[], float] | None = None,
+) -> AsyncGenerator[T, None]:
+    """The chunks of ``factory()``, reopened on failures before the first chunk.
+
+    ``factory`` takes no arguments and returns an async iterable, or an
+    awaitable of one (``lambda: client.chat.completions.create(stream=True,
+    ...)``); it is called once per attempt, when the consumer first asks for a
+    chunk. Arguments, schedule, reporting and the no-restart-after-output
+    guarantee are those of :func:`retry`. Closing the returned generator closes
+    the current source.
+    """
+    if not callable(factory):
+        raise TypeError(f"factory must be a zero-argument callable, got {factory!r}")
+    policy = _Policy(attempts=attempts, initial=initial, multiplier=multiplier,
+                     max_delay=max_delay, jitter=jitter, on=on, deadline=deadline,
+                     budget=budget, name=name, clock=clock, telemetry=telemetry, rng=rng)
+    return _retry_stream(factory, policy.named(_default_name(factory, "retry_stream")))
