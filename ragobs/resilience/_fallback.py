@@ -24,15 +24,14 @@ from typing import Any, Final, TypeVar, cast, overload
 
 from ragobs import semconv
 from ragobs.events import emit, logger
-from ragobs.resilience._retry import (
-    ExceptionFilter,
+from ragobs.resilience._checks import (
     _check_name,
     _check_telemetry,
-    _close,
     _default_name,
     _describe,
     _exception_filter,
 )
+from ragobs.resilience._retry import ExceptionFilter, _close
 from ragobs.stream import error_type
 from ragobs.telemetry import Telemetry, get_telemetry
 

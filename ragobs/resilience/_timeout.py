@@ -36,7 +36,7 @@ from ragobs import semconv
 from ragobs.clock import Cancellable, Clock
 from ragobs.errors import StreamTimeout, TimeoutKind
 from ragobs.events import emit
-from ragobs.resilience._retry import (
+from ragobs.resilience._checks import (
     _check_clock,
     _check_name,
     _check_telemetry,
