@@ -2,7 +2,19 @@
 
 from ragobs._version import __version__
 from ragobs.clock import Clock, ManualClock, MonotonicClock
+from ragobs.errors import RagobsError, RateLimiterUnavailable, RateLimitTimeout, StreamTimeout
 from ragobs.events import Event, add_hook, remove_hook
+from ragobs.resilience import (
+    RateLimiter,
+    RetryBudget,
+    fallback,
+    fallback_stream,
+    retry,
+    retry_stream,
+    stream_timeout,
+    timeout,
+    with_timeout,
+)
 from ragobs.runtime import Runtime, setup
 from ragobs.semconv import Outcome
 from ragobs.stages import stage
@@ -17,22 +29,35 @@ __all__ = [
     "ManualClock",
     "MonotonicClock",
     "Outcome",
+    "RagobsError",
+    "RateLimitTimeout",
+    "RateLimiter",
+    "RateLimiterUnavailable",
+    "RetryBudget",
     "Runtime",
     "Session",
     "SessionError",
     "StreamObservation",
+    "StreamTimeout",
     "StreamingMetrics",
     "Summary",
     "SummaryStats",
     "Telemetry",
     "__version__",
     "add_hook",
+    "fallback",
+    "fallback_stream",
     "get_telemetry",
     "instrument_stream",
     "observe",
     "observe_stream",
     "remove_hook",
+    "retry",
+    "retry_stream",
     "set_telemetry",
     "setup",
     "stage",
+    "stream_timeout",
+    "timeout",
+    "with_timeout",
 ]

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from typing import Final, Literal, get_args
 
-__all__ = ["RagobsError", "StreamTimeout", "TimeoutKind"]
+__all__ = ["RagobsError", "RateLimitTimeout", "RateLimiterUnavailable", "StreamTimeout",
+           "TimeoutKind"]
 
 #: Which deadline fired: the whole call or stream, the wait for the first
 #: non-empty chunk, or the wait for the next chunk after that.
@@ -70,5 +71,24 @@ class StreamTimeout(RagobsError, TimeoutError):
         return type(self), (self.kind, self.limit, self.elapsed)
 
 
-# Other parts of ragobs add their errors here, each a RagobsError subclass
-# (e.g. the rate limiter's RateLimiterUnavailable).
+class RateLimitTimeout(RagobsError, TimeoutError):
+    """``acquire(timeout=...)`` waited its whole timeout without getting capacity.
+
+    Nothing was taken from the limiter. Attributes: ``name`` (the limiter's)
+    and ``timeout`` (seconds).
+    """
+
+    def __init__(self, name: str, timeout: float) -> None:
+        super().__init__(f"rate limiter {name!r}: no capacity within {timeout:g} s")
+        self.name = name
+        self.timeout = float(timeout)
+
+    def __reduce__(self) -> tuple[type[RateLimitTimeout], tuple[str, float]]:
+        return type(self), (self.name, self.timeout)
+
+
+class RateLimiterUnavailable(RagobsError, ConnectionError):
+    """A shared rate limiter's backend (Redis) could not be reached and the
+    limiter fails closed. Being a :class:`ConnectionError`, ``retry`` retries it
+    by default.
+    """

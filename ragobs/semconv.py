@@ -158,7 +158,7 @@ STAGE_DURATION = InstrumentSpec(
 
 RATELIMIT_WAIT = InstrumentSpec(
     "ragobs.ratelimit.wait.duration", Kind.HISTOGRAM, "s",
-    "Time an acquire() waited for rate-limit capacity (0 when it did not wait).",
+    "Time an acquire() waited for rate-limit capacity; only acquisitions that waited.",
     WAIT_BUCKETS, "ragobs_ratelimit_wait_duration_seconds",
 )
 RATELIMIT_ACQUISITIONS = InstrumentSpec(
@@ -168,7 +168,8 @@ RATELIMIT_ACQUISITIONS = InstrumentSpec(
 )
 RATELIMIT_REJECTIONS = InstrumentSpec(
     "ragobs.ratelimit.rejections", Kind.COUNTER, "{rejection}",
-    "Acquisitions refused or abandoned, by ragobs.ratelimit.reason.",
+    "Acquisitions refused or abandoned, by ragobs.ratelimit.reason (no_capacity, cancelled, "
+    "timeout, too_large, backend_unavailable).",
     None, "ragobs_ratelimit_rejections_total",
 )
 RATELIMIT_BACKEND_ERRORS = InstrumentSpec(
