@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from ragobs.demo.agent import DemoConfig
 from ragobs.demo.runner import RunOptions, run_demo
+from ragobs.demo.stack import Protection
 from ragobs.runtime import setup
 
 
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="multiply every simulated delay (0.1 = 10x faster; default 1)")
     demo.add_argument("--summary-every", type=int, default=20,
                       help="print the dashboard every N requests (20; 0 = only at the end)")
+    demo.add_argument("--rate-limit", type=int, default=24,
+                      help="provider rate limit: requests per --rate-window (24)")
+    demo.add_argument("--rate-window", type=_positive_float, default=5.0,
+                      help="rate-limit window in seconds, scaled by --time-scale (5)")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
     demo.add_argument("--linger", type=float, default=0.0,
                       help="keep serving /metrics this many seconds after the traffic ends")
@@ -79,6 +84,7 @@ async def _demo(args: argparse.Namespace) -> None:
                        time_scale=args.time_scale),
             RunOptions(requests=args.requests, duration=args.duration,
                        concurrency=args.concurrency, summary_every=args.summary_every),
+            protection=Protection(rate_limit=args.rate_limit, rate_window=args.rate_window),
             seed=args.seed,
         )
         if args.linger > 0:

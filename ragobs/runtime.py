@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from ragobs.exposition import PrometheusReader
 from ragobs.labels import DEFAULT_MAX_VALUES
+from ragobs.resilience._report import resilience_counts
 from ragobs.server.app import create_app
 from ragobs.server.sidecar import Sidecar
 from ragobs.telemetry import Telemetry, set_telemetry
@@ -47,7 +48,9 @@ class Runtime:
 
     def app_sidecar(self, host: str | None = None, port: int | None = None) -> Sidecar:
         """A sidecar (not started) serving this runtime's registry and summary."""
-        app = create_app(self.registry, self.telemetry.summary, self.service_name)
+        telemetry = self.telemetry
+        app = create_app(self.registry, telemetry.summary, self.service_name,
+                         extra=lambda: {"resilience": resilience_counts(telemetry)})
         return Sidecar(app, host, port)
 
     async def start_server(self, host: str | None = None, port: int | None = None) -> Sidecar:

@@ -59,6 +59,11 @@ class CounterTable:
         with self._lock:
             return dict(self._counts)
 
+    def total(self, **match: str) -> int:
+        """Sum over attribute sets containing ``match`` (``__`` stands for ``.``)."""
+        wanted = {(k.replace("__", "."), v) for k, v in match.items()}
+        return sum(v for key, v in self.snapshot().items() if wanted.issubset(key))
+
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         for key, value in self.snapshot().items():
             yield Observation(value, dict(key))

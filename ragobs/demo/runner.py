@@ -11,13 +11,10 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from ragobs.demo.agent import QUESTIONS, DemoConfig, SimulatedRAGAgent
+from ragobs.demo.stack import ProtectedAgent, Protection
+from ragobs.resilience._report import format_resilience, resilience_counts
 from ragobs.runtime import Runtime
-from ragobs.stream import observe_stream
 from ragobs.summary import format_dashboard
-
-OPERATION = "chat"
-PROVIDER = "simulated"
-MODEL = "sim-rag-1"
 
 
 @dataclass(frozen=True)
@@ -40,21 +37,27 @@ class RunOptions:
             raise ValueError(f"summary_every must be an int >= 0, got {self.summary_every!r}")
 
 
-async def one_request(agent: SimulatedRAGAgent, question: str, runtime: Runtime) -> str:
-    """One measured request; failures are counted by the instrumentation."""
-    parts: list[str] = []
-    stream = observe_stream(agent.answer(question), operation=OPERATION, provider=PROVIDER,
-                            model=MODEL, telemetry=runtime.telemetry)
-    async for token in stream:
-        parts.append(token)
-    return "".join(parts)
+def dashboard(runtime: Runtime) -> str:
+    """The seed's dashboard plus what the resilience stack did."""
+    telemetry = runtime.telemetry
+    body = format_dashboard(telemetry.summary.snapshot())
+    rule_at = body.rindex("\n")
+    return (body[:rule_at] + "\n\n" + format_resilience(resilience_counts(telemetry))
+            + body[rule_at:])
+
+
+async def one_request(agent: ProtectedAgent, question: str) -> str:
+    """One answer through the full stack; a failure ends in the fallback message."""
+    return "".join([token async for token in agent.answer(question)])
 
 
 async def run_demo(runtime: Runtime, config: DemoConfig, options: RunOptions, *,
-                   seed: int | None = None, out: TextIO | None = None) -> None:
+                   protection: Protection | None = None, seed: int | None = None,
+                   out: TextIO | None = None) -> None:
     """Send traffic until the request count or duration is reached, or cancelled."""
     out = out or sys.stdout
-    agent = SimulatedRAGAgent(config, seed=seed, telemetry=runtime.telemetry)
+    agent = ProtectedAgent(SimulatedRAGAgent(config, seed=seed, telemetry=runtime.telemetry),
+                           runtime.telemetry, protection, config.time_scale)
     counter = itertools.count(1)
     deadline = None if options.duration is None else time.monotonic() + options.duration
     done = 0
@@ -72,13 +75,12 @@ async def run_demo(runtime: Runtime, config: DemoConfig, options: RunOptions, *,
         while (n := more()) is not None:
             question = QUESTIONS[n % len(QUESTIONS)]
             with contextlib.suppress(Exception):  # counted by the instrumentation
-                await one_request(agent, question, runtime)
+                await one_request(agent, question)
             done += 1
             if options.summary_every and done % options.summary_every == 0:
-                print(format_dashboard(runtime.telemetry.summary.snapshot()), file=out,
-                      flush=True)
+                print(dashboard(runtime), file=out, flush=True)
 
     try:
         await asyncio.gather(*(worker() for _ in range(options.concurrency)))
     finally:
-        print(format_dashboard(runtime.telemetry.summary.snapshot()), file=out, flush=True)
+        print(dashboard(runtime), file=out, flush=True)

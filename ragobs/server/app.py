@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from importlib import resources
 
 from aiohttp import web
@@ -26,6 +27,7 @@ REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 SUMMARY_KEY = web.AppKey("summary", SummaryStats)
 STARTED_KEY = web.AppKey("started", float)
 SERVICE_KEY = web.AppKey("service", str)
+EXTRA_KEY = web.AppKey("extra", object)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -59,6 +61,9 @@ async def summary(request: web.Request) -> web.Response:
     data["service"] = request.app[SERVICE_KEY]
     data["version"] = __version__
     data["uptime_seconds"] = time.monotonic() - request.app[STARTED_KEY]
+    extra = request.app.get(EXTRA_KEY)
+    if callable(extra):
+        data.update(extra())
     return web.json_response(data, headers={"Cache-Control": "no-store"})
 
 
@@ -72,9 +77,15 @@ async def index(request: web.Request) -> web.Response:
 
 
 def create_app(registry: CollectorRegistry, summary_stats: SummaryStats,
-               service: str = "ragobs") -> web.Application:
-    """The sidecar application serving ``registry`` and ``summary_stats``."""
+               service: str = "ragobs",
+               extra: Callable[[], dict[str, object]] | None = None) -> web.Application:
+    """The sidecar application serving ``registry`` and ``summary_stats``.
+
+    ``extra`` adds keys to ``/api/summary`` (the runtime adds ``resilience``).
+    """
     app = web.Application()
+    if extra is not None:
+        app[EXTRA_KEY] = extra
     app[REGISTRY_KEY] = registry
     app[SUMMARY_KEY] = summary_stats
     app[STARTED_KEY] = time.monotonic()
