@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import logging
 import random
 import time
@@ -393,3 +394,20 @@ async def test_bad_max_wait_names_the_argument() -> None:
     with pytest.raises(ValueError, match="max_wait must be a number > 0"):
         await limiter.acquire(max_wait=0)
     assert limiter.waiting == 0
+
+
+async def test_uncontended_counts_survive_the_limiter(otel: OTelHarness) -> None:
+    """Lock-free tallies are read at collection and folded in when the limiter goes."""
+    name = semconv.RATELIMIT_ACQUISITIONS.name
+    limiter = RateLimiter(max_requests=100, window_seconds=1, telemetry=otel.telemetry, name="g")
+    for _ in range(30):
+        await limiter.acquire()
+    assert otel.value(name, ragobs__name="g", ragobs__ratelimit__waited="false") == 30
+    table = otel.telemetry.counter(semconv.RATELIMIT_ACQUISITIONS)
+    live = len(table._tallies)
+    del limiter
+    gc.collect()
+    assert len(table._tallies) == live - 1  # folded in: no structure grows per limiter
+    again = RateLimiter(max_requests=100, window_seconds=1, telemetry=otel.telemetry, name="g")
+    assert again.try_acquire()
+    assert otel.value(name, ragobs__name="g", ragobs__ratelimit__waited="false") == 31

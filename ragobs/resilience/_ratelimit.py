@@ -36,13 +36,14 @@ import functools
 import inspect
 import logging
 import math
+import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Final, Literal, TypeVar, cast
 
 from opentelemetry.util.types import AttributeValue
 
 from ragobs import semconv
-from ragobs.clock import Cancellable, Clock
+from ragobs.clock import Cancellable, Clock, MonotonicClock
 from ragobs.errors import RateLimitTimeout
 from ragobs.events import emit
 from ragobs.resilience._checks import (
@@ -99,11 +100,12 @@ def check_limits(max_requests: object, window_seconds: object) -> tuple[int, flo
 class LimiterReport:
     """How a limiter reports itself; shared by the local and the Redis limiter.
 
-    Uncontended acquisitions cost one in-process counter add (no span event,
-    no histogram record), so the limiter stays as cheap as an unreported one.
+    Uncontended acquisitions cost one lock-free tally increment (no span
+    event, no histogram record), so the limiter stays as cheap as an
+    unreported one. Like the limiters, a report belongs to one event loop.
     """
 
-    __slots__ = ("_keys", "limit", "name", "telemetry", "window")
+    __slots__ = ("__weakref__", "_keys", "limit", "name", "telemetry", "window")
 
     def __init__(self, name: str, limit: int, window: float,
                  telemetry: Telemetry | None) -> None:
@@ -111,23 +113,21 @@ class LimiterReport:
         self.limit = limit
         self.window = window
         self.telemetry = telemetry
-        self._keys: tuple[Telemetry, Any, Any, str] | None = None
+        self._keys: _Keys | None = None
 
-    def _resolve(self) -> tuple[Telemetry, Any, Any, str]:
+    def _resolve(self) -> _Keys:
         tel = self.telemetry or get_telemetry()
         keys = self._keys
-        if keys is None or keys[0] is not tel:
-            bounded = tel.bound(semconv.NAME, self.name)
-            def key(waited: str) -> Any:
-                return tuple(sorted({semconv.NAME: bounded,
-                                     semconv.RATELIMIT_WAITED: waited}.items()))
-            keys = self._keys = (tel, key("false"), key("true"), bounded)
+        if keys is None or keys.telemetry is not tel:
+            keys = self._keys = _Keys(tel, tel.bound(semconv.NAME, self.name), self)
         return keys
 
     def acquired(self) -> None:
-        """An acquisition that did not wait."""
-        tel, key, _, _ = self._resolve()
-        tel.counter(semconv.RATELIMIT_ACQUISITIONS).add_key(key)
+        """An acquisition that did not wait: one in-process counter add."""
+        keys = self._keys
+        if keys is None or keys.telemetry is not (self.telemetry or get_telemetry()):
+            keys = self._resolve()
+        keys.no_wait.value += 1
 
     def waiting(self, estimate: float, cost: int) -> None:
         """About to wait about ``estimate`` seconds (the seed's notice)."""
@@ -139,21 +139,37 @@ class LimiterReport:
 
     def waited(self, seconds: float) -> None:
         """An acquisition granted after waiting ``seconds``."""
-        tel, _, key, bounded = self._resolve()
-        tel.counter(semconv.RATELIMIT_ACQUISITIONS).add_key(key)
-        tel.histogram(semconv.RATELIMIT_WAIT).record(seconds, {semconv.NAME: bounded})
+        keys = self._resolve()
+        keys.acquisitions.add_key(keys.waited)
+        keys.telemetry.histogram(semconv.RATELIMIT_WAIT).record(
+            seconds, {semconv.NAME: keys.name})
 
     def rejected(self, reason: str, cost: int, *, waited: float = 0.0,
                  error: BaseException | None = None) -> None:
         """An acquisition refused or abandoned, by ``reason``."""
-        tel, _, _, bounded = self._resolve()
-        tel.counter(semconv.RATELIMIT_REJECTIONS).add(
-            1, {semconv.NAME: bounded, semconv.RATELIMIT_REASON: reason})
+        keys = self._resolve()
+        keys.telemetry.counter(semconv.RATELIMIT_REJECTIONS).add(
+            1, {semconv.NAME: keys.name, semconv.RATELIMIT_REASON: reason})
         attrs: dict[str, AttributeValue] = {semconv.RATELIMIT_REASON: reason, COST: cost}
         if waited:
             attrs[WAIT] = waited
         emit(semconv.EVENT_RATELIMIT_REJECTED, self.name, attrs, error=error,
              level=logging.INFO, message=f"rate limit {self.name}: not acquired ({reason})")
+
+
+class _Keys:
+    """Pre-built counter keys of one limiter on one :class:`Telemetry`."""
+
+    __slots__ = ("acquisitions", "name", "no_wait", "telemetry", "waited")
+
+    def __init__(self, telemetry: Telemetry, bounded_name: str, owner: object) -> None:
+        self.telemetry = telemetry
+        self.name = bounded_name
+        self.acquisitions = telemetry.counter(semconv.RATELIMIT_ACQUISITIONS)
+        #: Uncontended acquisitions: a lock-free tally (the limiter is loop-bound).
+        self.no_wait = self.acquisitions.tally(
+            ((semconv.NAME, bounded_name), (semconv.RATELIMIT_WAITED, "false")), owner)
+        self.waited = ((semconv.NAME, bounded_name), (semconv.RATELIMIT_WAITED, "true"))
 
 
 # --- strategies: what fits now, and when the next cost will fit --------------
@@ -167,35 +183,43 @@ class _SlidingWindow:
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
-        self._log: collections.deque[list[float]] = collections.deque()
+        self._log: collections.deque[tuple[float, int]] = collections.deque()
         self._used = 0
 
     def _expire(self, now: float) -> None:
         log = self._log
         while log and log[0][0] <= now + _EPSILON:
-            self._used -= int(log.popleft()[1])
+            self._used -= log.popleft()[1]
+
+    def try_take(self, now: float, cost: int) -> object:
+        """A grant (to give back later) if ``cost`` fits now, else None."""
+        log = self._log
+        if log and log[0][0] <= now + _EPSILON:
+            self._expire(now)
+        if self._used + cost > self.limit:
+            return None
+        entry = (now + self.window, cost)
+        log.append(entry)
+        self._used += cost
+        return entry
 
     def ready_at(self, now: float, cost: int) -> float:
+        """When ``cost`` will fit, if nothing else is taken meanwhile."""
         self._expire(now)
         excess = self._used + cost - self.limit
         if excess <= 0:
             return now
         for expiry, held in self._log:
-            excess -= int(held)
+            excess -= held
             if excess <= 0:
                 return expiry
         raise AssertionError("cost was checked against the capacity")  # pragma: no cover
 
-    def take(self, now: float, cost: int) -> object:
-        entry = [now + self.window, float(cost)]
-        self._log.append(entry)
-        self._used += cost
-        return entry
-
     def give_back(self, grant: object, cost: int) -> None:
-        for i in range(len(self._log) - 1, -1, -1):
-            if self._log[i] is grant:
-                del self._log[i]
+        log = self._log
+        for i in range(len(log) - 1, -1, -1):
+            if log[i] is grant:
+                del log[i]
                 self._used -= cost
                 return
 
@@ -223,14 +247,15 @@ class _TokenBucket:
             self._stamp = now
         return self._tokens
 
+    def try_take(self, now: float, cost: int) -> object:
+        if cost - self._refill(now) > _EPSILON:
+            return None
+        self._tokens -= cost
+        return True  # buckets keep no per-grant record
+
     def ready_at(self, now: float, cost: int) -> float:
         missing = cost - self._refill(now)
         return now if missing <= _EPSILON else now + missing / self.rate
-
-    def take(self, now: float, cost: int) -> object:
-        self._refill(now)
-        self._tokens -= cost
-        return None
 
     def give_back(self, _grant: object, cost: int) -> None:
         self._tokens = min(float(self.limit), self._tokens + cost)
@@ -269,7 +294,7 @@ class RateLimiter:
     coroutine or async generator function, or ``limiter.try_acquire()``.
     """
 
-    __slots__ = ("_clock", "_queued_cost", "_report", "_strategy", "_timer", "_timer_at",
+    __slots__ = ("_clock", "_now", "_queued_cost", "_report", "_strategy", "_timer", "_timer_at",
                  "_waiters", "max_requests", "name", "strategy", "window_seconds")
 
     def __init__(self, max_requests: int = 10, window_seconds: float = 60.0, *,
@@ -281,6 +306,9 @@ class RateLimiter:
         self.strategy: Strategy = strategy
         self.name = _check_name(name) or "ratelimit"
         self._clock = _check_clock(clock)
+        # The system clock's now() is time.monotonic(): call it directly.
+        self._now: Callable[[], float] = (
+            time.monotonic if isinstance(self._clock, MonotonicClock) else self._clock.now)
         self._report = LimiterReport(self.name, self.max_requests, self.window_seconds,
                                      _check_telemetry(telemetry))
         self._strategy: _SlidingWindow | _TokenBucket = (
@@ -305,12 +333,9 @@ class RateLimiter:
 
         A refusal is counted as a rejection with reason ``no_capacity``.
         """
-        cost = self._checked(cost)
-        now = self._clock.now()
-        strategy = self._strategy
-        if not self._queued_cost and strategy.ready_at(now, cost) <= now:
-            strategy.take(now, cost)
-            self._report.acquired()
+        if cost.__class__ is not int or not 0 < cost <= self.max_requests:
+            cost = self._checked(cost)
+        if self._take_now(cost):
             return True
         self._report.rejected(REASON_NO_CAPACITY, cost)
         return False
@@ -323,18 +348,16 @@ class RateLimiter:
         is raised and nothing is taken. Cancelling a waiting ``acquire`` takes
         nothing either. A ``cost`` above ``max_requests`` is a ``ValueError``.
         """
-        cost = self._checked(cost)
-        clock = self._clock
-        now = clock.now()
-        strategy = self._strategy
-        if not self._queued_cost and strategy.ready_at(now, cost) <= now:
-            strategy.take(now, cost)
+        if cost.__class__ is not int or not 0 < cost <= self.max_requests:
+            cost = self._checked(cost)
+        if not self._queued_cost and self._strategy.try_take(self._now(), cost) is not None:
             self._report.acquired()
             return 0.0
-        return await self._wait(cost, now, _optional_positive("max_wait", max_wait))
+        return await self._wait(cost, _optional_positive("max_wait", max_wait))
 
     async def __aenter__(self) -> RateLimiter:
-        await self.acquire()
+        if not self._take_now(1):
+            await self._wait(1, None)
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -373,6 +396,13 @@ class RateLimiter:
 
     # -- waiting ------------------------------------------------------------------
 
+    def _take_now(self, cost: int) -> bool:
+        """The no-wait path: take ``cost`` if nobody waits and it fits."""
+        if self._queued_cost or self._strategy.try_take(self._now(), cost) is None:
+            return False
+        self._report.acquired()
+        return True
+
     def _checked(self, cost: object) -> int:
         try:
             return check_cost(cost, self.max_requests)
@@ -380,8 +410,9 @@ class RateLimiter:
             self._report.rejected(REASON_TOO_LARGE, cast(int, cost), error=exc)
             raise
 
-    async def _wait(self, cost: int, start: float, max_wait: float | None) -> float:
+    async def _wait(self, cost: int, max_wait: float | None) -> float:
         clock = self._clock
+        start = clock.now()
         waiter = _Waiter(cost, asyncio.get_running_loop().create_future())
         estimate = self._strategy.estimate(start, self._queued_cost + cost)
         self._waiters.append(waiter)
@@ -436,15 +467,13 @@ class RateLimiter:
             if not head.queued:
                 waiters.popleft()
                 continue
-            ready = strategy.ready_at(now, head.cost)
-            if ready > now:
-                self._arm(ready)
+            grant = strategy.try_take(now, head.cost)
+            if grant is None:
+                self._arm(strategy.ready_at(now, head.cost))
                 return
             waiters.popleft()
             self._dequeue(head)
-            head.grant = strategy.take(now, head.cost)
-            if head.grant is None:
-                head.grant = True  # token buckets keep no per-grant record
+            head.grant = grant
             head.future.set_result(now)
         self._disarm()
 
