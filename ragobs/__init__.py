@@ -6,6 +6,7 @@ from ragobs.errors import RagobsError, RateLimiterUnavailable, RateLimitTimeout,
 from ragobs.events import Event, add_hook, remove_hook
 from ragobs.resilience import (
     RateLimiter,
+    RedisRateLimiter,
     RetryBudget,
     fallback,
     fallback_stream,
@@ -33,6 +34,7 @@ __all__ = [
     "RateLimitTimeout",
     "RateLimiter",
     "RateLimiterUnavailable",
+    "RedisRateLimiter",
     "RetryBudget",
     "Runtime",
     "Session",

@@ -57,6 +57,8 @@ class TokenType(StrEnum):
 EVENT_FIRST_CHUNK: Final = "gen_ai.first_chunk"
 EVENT_RATELIMIT_WAIT: Final = "ratelimit.wait"
 EVENT_RATELIMIT_REJECTED: Final = "ratelimit.rejected"
+#: An acquisition decided without the shared limiter's backend (Redis).
+EVENT_RATELIMIT_BACKEND_ERROR: Final = "ratelimit.backend_error"
 EVENT_RETRY: Final = "retry"
 EVENT_RETRY_EXHAUSTED: Final = "retry.exhausted"
 EVENT_TIMEOUT: Final = "timeout"

@@ -20,16 +20,15 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
+from tests.procserver import ServerProcess
 from tests.support import free_port, require_binary
 
 #: Bound on any single HTTP request to the server.
@@ -40,7 +39,7 @@ class PrometheusError(RuntimeError):
     """The server did not start, or its API answered with an error."""
 
 
-class PrometheusServer:
+class PrometheusServer(ServerProcess):
     """One ``prometheus`` process with a generated configuration.
 
     Args:
@@ -53,6 +52,9 @@ class PrometheusServer:
         metrics_path: path scraped on every target.
         extra_args: more command-line flags for the binary.
     """
+
+    error = PrometheusError
+    label = "prometheus"
 
     def __init__(
         self,
@@ -75,18 +77,13 @@ class PrometheusServer:
         self.metrics_path = metrics_path
         self.extra_args = list(extra_args)
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
+        super().__init__(self.dir / "prometheus.log")
 
     # -- lifecycle -------------------------------------------------------------
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / "prometheus.log"
 
     def config_text(self) -> str:
         """The prometheus.yml written at start (JSON is valid YAML)."""
@@ -117,8 +114,7 @@ class PrometheusServer:
         config = self.dir / "prometheus.yml"
         config.write_text(self.config_text(), encoding="utf-8")
         self.port = free_port()
-        self._log = self.log_path.open("wb")
-        self._proc = subprocess.Popen(
+        self._spawn(
             [
                 binary,
                 f"--config.file={config}",
@@ -126,60 +122,16 @@ class PrometheusServer:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 *self.extra_args,
             ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
+            cwd=self.dir, ready=self._ready, timeout=ready_timeout, poll=0.1, log_mode="wb",
         )
-        try:
-            self._wait_ready(ready_timeout)
-        except BaseException:
-            self.stop()
-            raise
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self._proc.returncode}:\n"
-                                      f"{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1.0) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise PrometheusError(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        """Terminate the process (kill after 10 s); safe to call twice."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 30) -> str:
+    def _ready(self) -> bool:
         try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1.0) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
     # -- HTTP API ----------------------------------------------------------------
 

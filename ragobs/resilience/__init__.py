@@ -9,14 +9,17 @@ and hook calls (:func:`ragobs.add_hook`) for every protective action.
 from ragobs.errors import RateLimiterUnavailable, RateLimitTimeout, StreamTimeout
 from ragobs.resilience._fallback import DEFAULT_FALLBACK_MESSAGE, fallback, fallback_stream
 from ragobs.resilience._ratelimit import RateLimiter, Strategy
+from ragobs.resilience._redis_ratelimit import OnUnavailable, RedisRateLimiter
 from ragobs.resilience._retry import RetryBudget, is_retryable, retry, retry_stream
 from ragobs.resilience._timeout import stream_timeout, timeout, with_timeout
 
 __all__ = [
     "DEFAULT_FALLBACK_MESSAGE",
+    "OnUnavailable",
     "RateLimitTimeout",
     "RateLimiter",
     "RateLimiterUnavailable",
+    "RedisRateLimiter",
     "RetryBudget",
     "Strategy",
     "StreamTimeout",

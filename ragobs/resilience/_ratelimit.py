@@ -38,7 +38,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, Self, TypeVar, cast
 
 from opentelemetry.util.types import AttributeValue
 
@@ -67,6 +67,7 @@ REASON_NO_CAPACITY: Final = "no_capacity"
 REASON_CANCELLED: Final = "cancelled"
 REASON_TIMEOUT: Final = "timeout"
 REASON_TOO_LARGE: Final = "too_large"
+REASON_BACKEND_UNAVAILABLE: Final = "backend_unavailable"
 
 # Span event / log attribute keys.
 WAIT: Final = "ratelimit.wait_s"
@@ -267,6 +268,53 @@ class _TokenBucket:
 # --- the limiter ---------------------------------------------------------------
 
 
+class LimiterForms:
+    """``async with limiter:`` and ``@limiter``, for any limiter with ``acquire()``."""
+
+    __slots__ = ()
+
+    async def acquire(self, cost: int = 1, *, max_wait: float | None = None) -> float:
+        raise NotImplementedError  # pragma: no cover - every limiter defines it
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+    def __call__(self, fn: F) -> F:
+        """Decorate a coroutine function (one acquisition per call) or an async
+        generator function (one acquisition before its first item)."""
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def stream(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+                await self.acquire()
+                async for item in fn(*args, **kwargs):
+                    yield item
+
+            return cast(F, stream)
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                await self.acquire()
+                return await fn(*args, **kwargs)
+
+            return cast(F, call)
+        raise TypeError(f"a {type(self).__name__} decorates coroutine or async generator "
+                        f"functions, got {fn!r}")
+
+
+def checked_cost(cost: object, capacity: int, report: LimiterReport) -> int:
+    """:func:`check_cost`, counting a cost above the capacity as a rejection."""
+    try:
+        return check_cost(cost, capacity)
+    except ValueError as exc:
+        if isinstance(cost, int) and cost > capacity:
+            report.rejected(REASON_TOO_LARGE, cost, error=exc)
+        raise
+
+
 class _Waiter:
     __slots__ = ("cost", "future", "grant", "queued")
 
@@ -277,7 +325,7 @@ class _Waiter:
         self.queued = True
 
 
-class RateLimiter:
+class RateLimiter(LimiterForms):
     """At most ``max_requests`` acquisitions (weighted by cost) per ``window_seconds``.
 
     Args:
@@ -360,30 +408,6 @@ class RateLimiter:
             await self._wait(1, None)
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
-        return None
-
-    def __call__(self, fn: F) -> F:
-        """Decorate a coroutine function (one acquisition per call) or an async
-        generator function (one acquisition before its first item)."""
-        if inspect.isasyncgenfunction(fn):
-            @functools.wraps(fn)
-            async def stream(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-                await self.acquire()
-                async for item in fn(*args, **kwargs):
-                    yield item
-
-            return cast(F, stream)
-        if inspect.iscoroutinefunction(fn):
-            @functools.wraps(fn)
-            async def call(*args: Any, **kwargs: Any) -> Any:
-                await self.acquire()
-                return await fn(*args, **kwargs)
-
-            return cast(F, call)
-        raise TypeError(f"a RateLimiter decorates coroutine or async generator functions, "
-                        f"got {fn!r}")
-
     @property
     def waiting(self) -> int:
         """Number of acquisitions waiting in line."""
@@ -404,11 +428,7 @@ class RateLimiter:
         return True
 
     def _checked(self, cost: object) -> int:
-        try:
-            return check_cost(cost, self.max_requests)
-        except ValueError as exc:
-            self._report.rejected(REASON_TOO_LARGE, cast(int, cost), error=exc)
-            raise
+        return checked_cost(cost, self.max_requests, self._report)
 
     async def _wait(self, cost: int, max_wait: float | None) -> float:
         clock = self._clock

@@ -1,0 +1,648 @@
+"""A strict sliding-window rate limiter shared by processes and replicas through Redis.
+
+Same API and meaning as :class:`~ragobs.resilience.RateLimiter`, except that
+``try_acquire`` and ``has_capacity`` are coroutines (they ask Redis)::
+
+    limiter = RedisRateLimiter(60, 60.0, url="redis://redis:6379/0", name="openai")
+    await limiter.acquire()              # or: async with limiter / @limiter
+    await limiter.acquire(cost=tokens)   # a tokens-per-minute budget
+
+Guarantee: every limiter sharing one ``key`` (same ``max_requests`` and
+``window_seconds``) is granted costs that sum to at most ``max_requests`` in
+any interval of ``window_seconds``, whatever the number of processes,
+replicas and concurrent callers. One Lua script decides each grant atomically
+on the server, on Redis's own clock (``TIME``), so replicas' clocks do not
+matter; it keeps the grants still inside the window in a sorted set (at most
+``max_requests`` members) and their sum in a companion key ``<key>:sum``, and
+sets both to expire one window after the last grant, so an idle limiter leaves
+nothing behind. When capacity is short the script says how long until enough
+of the oldest grants expire, and the caller sleeps exactly that long.
+Needs Redis >= 6.0 and redis-py >= 5 (the ``[redis]`` extra). Limits of the
+guarantee: a failover to a replica that had not yet received the latest
+grants forgets them (over-granting up to one window's worth once); Redis's
+clock stepping forward frees capacity early (a step back never does). Redis
+Cluster: put a hash tag in ``key``, e.g. ``"ragobs:ratelimit:{openai}"``, so
+both keys live in one slot.
+
+Order: waiters in one process are served first come, first served: only the
+head of the local line talks to Redis (together with the waiters right behind
+it, in one script call that grants the longest prefix of the line that fits,
+never skipping ahead). Across processes the order is best effort: whichever
+process's head asks first after capacity frees up gets it. A waiter that is
+cancelled or times out (``max_wait``) leaves the line at once and takes
+nothing; if the script granted it at that very moment, the grant is removed
+from Redis (``ZREM``) on the next call. The wait notice (the seed's "Rate limit
+reached ... Waiting 5.0s...") gives the server's exact figure for the head of
+the line and a lower bound for those behind it.
+
+Redis unreachable (connection refused, timeout after ``backend_timeout``,
+any Redis error): with ``on_unavailable="closed"``, the default, the
+acquisition raises :class:`~ragobs.errors.RateLimiterUnavailable` (a
+``ConnectionError``, so :func:`~ragobs.resilience.retry` retries it and
+:func:`~ragobs.resilience.fallback` answers politely); with ``"open"`` it is
+granted without limit. Closed is the default because it never breaks the
+guarantee above silently: a limiter that stops limiting exactly when the
+infrastructure is degraded hands the provider N replicas' worth of unthrottled
+traffic. Choose ``"open"`` when availability matters more than the quota.
+Either way each affected acquisition is counted in
+``ragobs.ratelimit.backend.errors`` (``ragobs.ratelimit.backend_mode`` = the mode
+applied) and reported as a ``ratelimit.backend_error`` event; fail-closed ones
+are also rejections with reason ``backend_unavailable``. For
+``retry_backend_after`` seconds after an error the mode is applied at once
+without asking Redis (so a dead Redis costs no latency); then the next
+acquisition tries again, and the limiter recovers by itself when Redis is back.
+
+Reporting is the local limiter's (:class:`~ragobs.resilience._ratelimit.LimiterReport`):
+the same metrics, span events, log lines and hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import functools
+import itertools
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+
+from ragobs import semconv
+from ragobs.clock import Cancellable, Clock
+from ragobs.errors import RateLimiterUnavailable, RateLimitTimeout
+from ragobs.events import emit
+from ragobs.resilience._checks import (
+    _check_clock,
+    _check_name,
+    _check_telemetry,
+    _describe,
+    _number,
+    _optional_positive,
+    _positive,
+)
+from ragobs.resilience._ratelimit import (
+    COST,
+    REASON_BACKEND_UNAVAILABLE,
+    REASON_CANCELLED,
+    REASON_NO_CAPACITY,
+    REASON_TIMEOUT,
+    LimiterForms,
+    LimiterReport,
+    check_cost,
+    check_limits,
+    checked_cost,
+)
+from ragobs.telemetry import Telemetry, get_telemetry
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["OnUnavailable", "RedisRateLimiter"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+OnUnavailable = Literal["open", "closed"]
+MODES: Final[tuple[str, ...]] = ("open", "closed")
+
+#: Rejection reason when Redis cannot be reached and the limiter fails closed.
+
+# Waiters asked for in one script call: bounds the call's size, not fairness.
+_BATCH: Final = 64
+# Grants to give back (ZREM) sent in one script call.
+_VOIDS: Final = 256
+
+# KEYS[1]: sorted set of grants, member "<cost>:<id>", score = grant time in µs
+#          on Redis's clock. KEYS[2]: sum of the costs in KEYS[1].
+# ARGV: limit, window (µs), peek (1 = answer only), number of grants to give
+#       back, those members, then (member, cost) pairs in line order.
+# Grants the longest prefix of the pairs that fits. Returns
+# {server time µs, number granted, ms until the first refused one fits}.
+_SCRIPT: Final = """
+local grants, sums = KEYS[1], KEYS[2]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local peek = ARGV[3] == '1'
+local nvoid = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- Redis's wall clock may step back: never grant before the newest grant, so
+-- the log stays ordered and every window is measured on one time line.
+local newest = redis.call('ZRANGE', grants, -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) > now then now = tonumber(newest[2]) end
+local function cost_of(member) return tonumber(string.match(member, '^(%d+):')) end
+
+local used = 0
+if redis.call('EXISTS', grants) == 1 then
+  used = tonumber(redis.call('GET', sums))
+  if used == nil then  -- the sum was lost (evicted, deleted): recount
+    used = 0
+    for _, m in ipairs(redis.call('ZRANGE', grants, 0, -1)) do used = used + cost_of(m) end
+  end
+end
+local changed = false
+for i = 5, 4 + nvoid do
+  if redis.call('ZREM', grants, ARGV[i]) == 1 then
+    used = used - cost_of(ARGV[i])
+    changed = true
+  end
+end
+-- A grant at s counts while now < s + window.
+local cutoff = string.format('%.0f', now - window)
+local expired = redis.call('ZRANGEBYSCORE', grants, '-inf', cutoff)
+if #expired > 0 then
+  for _, m in ipairs(expired) do used = used - cost_of(m) end
+  redis.call('ZREMRANGEBYSCORE', grants, '-inf', cutoff)
+  changed = true
+end
+if used < 0 then used = 0 end
+
+local granted, wait = 0, 0
+local i = 5 + nvoid
+local stamp = string.format('%.0f', now)
+while i < #ARGV do
+  local cost = tonumber(ARGV[i + 1])
+  if used + cost > limit then
+    -- Walk the oldest grants until enough of them would have expired.
+    local excess = used + cost - limit
+    wait = window  -- only if the sum overstates the members: all expire by then
+    local first = 0
+    while excess > 0 do
+      local chunk = redis.call('ZRANGE', grants, first, first + 99, 'WITHSCORES')
+      if #chunk == 0 then break end
+      for j = 1, #chunk, 2 do
+        excess = excess - cost_of(chunk[j])
+        if excess <= 0 then
+          wait = tonumber(chunk[j + 1]) + window - now
+          break
+        end
+      end
+      first = first + 100
+    end
+    break
+  end
+  if not peek then redis.call('ZADD', grants, stamp, ARGV[i]) end
+  used = used + cost
+  granted = granted + 1
+  i = i + 2
+end
+
+if granted > 0 and not peek then
+  local ttl = math.ceil(window / 1000)
+  redis.call('SET', sums, used, 'PX', ttl)
+  redis.call('PEXPIRE', grants, ttl)
+elseif changed then
+  if used > 0 then redis.call('SET', sums, used, 'KEEPTTL') else redis.call('DEL', sums) end
+end
+return {now, granted, math.ceil(wait / 1000)}
+"""
+
+# (server time of the grant in µs, or None when granted without Redis;
+#  the backend error when granted because the limiter fails open)
+_Grant = tuple[int | None, BaseException | None]
+
+
+class _Waiter:
+    __slots__ = ("context", "cost", "future", "member", "noticed", "queued")
+
+    def __init__(self, cost: int, member: str, future: asyncio.Future[_Grant]) -> None:
+        self.cost = cost
+        self.member = member
+        self.future = future
+        # The caller's context, so the wait notice lands on the caller's span.
+        self.context = contextvars.copy_context()
+        self.queued = True
+        self.noticed = False  # the wait notice was emitted: this acquisition waited
+
+
+class RedisRateLimiter(LimiterForms):
+    """At most ``max_requests`` (weighted by cost) per ``window_seconds``, shared
+    by every limiter on the same Redis ``key``.
+
+    Args:
+        max_requests: capacity per window, an int >= 1 (requests, or tokens
+            when callers pass ``cost``). Every limiter sharing ``key`` must use
+            the same ``max_requests`` and ``window_seconds``.
+        window_seconds: the sliding window in seconds, > 0.
+        redis: a ``redis.asyncio.Redis`` client (not closed by the limiter), or
+        url: a Redis URL; the limiter then owns its client (``aclose()``) and
+            sets its socket timeouts to ``backend_timeout``. Exactly one of the two.
+        key: the sorted set's key (default ``"ragobs:ratelimit:<name>"``);
+            ``<key>:sum`` is used too.
+        name: reported as ``ragobs.name`` (default ``"ratelimit"``).
+        on_unavailable: ``"closed"`` (default: raise
+            :class:`~ragobs.errors.RateLimiterUnavailable`) or ``"open"``
+            (grant without limit) when Redis cannot be reached.
+        backend_timeout: bound in seconds on each call to Redis, > 0.
+        retry_backend_after: after a Redis error, seconds (>= 0) during which
+            ``on_unavailable`` is applied without asking Redis.
+        clock: time source of waits and ``max_wait`` (Redis's clock decides grants).
+        telemetry: where metrics go; default :func:`~ragobs.get_telemetry` at use.
+
+    One limiter serves one event loop (its Redis client is bound to it).
+    """
+
+    __slots__ = ("_blocked", "_clock", "_down_until", "_driver", "_keys", "_last_error",
+                 "_line", "_owns_client", "_queued", "_redis", "_redis_errors", "_report",
+                 "_retry_at", "_script", "_seq", "_telemetry", "_token", "_unnoticed", "_voids",
+                 "_wake", "_window_us", "backend_timeout", "key", "max_requests", "name",
+                 "on_unavailable", "retry_backend_after", "window_seconds")
+
+    def __init__(self, max_requests: int = 10, window_seconds: float = 60.0, *,
+                 redis: Redis | None = None, url: str | None = None, key: str | None = None,
+                 name: str | None = None, on_unavailable: OnUnavailable = "closed",
+                 backend_timeout: float = 1.0, retry_backend_after: float = 1.0,
+                 clock: Clock | None = None, telemetry: Telemetry | None = None) -> None:
+        try:
+            from redis.asyncio import Redis as AsyncRedis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import RedisError
+        except ImportError as exc:  # pragma: no cover - the [redis] extra is missing
+            raise ImportError("RedisRateLimiter needs redis-py >= 5: "
+                              "pip install 'ragobs[redis]'") from exc
+        self.max_requests, self.window_seconds = check_limits(max_requests, window_seconds)
+        self.name = _check_name(name) or "ratelimit"
+        if on_unavailable not in MODES:
+            raise ValueError(f"on_unavailable must be 'open' or 'closed', got {on_unavailable!r}")
+        self.on_unavailable: OnUnavailable = on_unavailable
+        self.backend_timeout = _positive("backend_timeout", backend_timeout)
+        after = _number("retry_backend_after", retry_backend_after, ">= 0 (finite)")
+        if not (after >= 0 and math.isfinite(after)):
+            raise ValueError(f"retry_backend_after must be a number >= 0 (finite), "
+                             f"got {retry_backend_after!r}")
+        self.retry_backend_after = after
+        if key is None:
+            key = f"ragobs:ratelimit:{self.name}"
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty str or None, got {key!r}")
+        self.key = key
+        if (redis is None) == (url is None):
+            raise ValueError("pass exactly one of redis= (a redis.asyncio.Redis client) or url=")
+        if url is not None:
+            if not isinstance(url, str) or not url:
+                raise ValueError(f"url must be a non-empty Redis URL, got {url!r}")
+            # One immediate retry covers a pooled connection that went stale
+            # when Redis restarted; redis-py's default backoff would outlast
+            # backend_timeout.
+            client = AsyncRedis.from_url(url, socket_timeout=self.backend_timeout,
+                                         socket_connect_timeout=self.backend_timeout,
+                                         retry=Retry(NoBackoff(), 1))
+        elif isinstance(redis, AsyncRedis):
+            client = redis
+        else:
+            raise TypeError(f"redis must be a redis.asyncio.Redis client, got {redis!r}")
+        self._redis: Redis = client
+        self._owns_client = url is not None
+        self._script: AsyncScript = client.register_script(_SCRIPT)
+        self._keys = (key, f"{key}:sum")
+        self._redis_errors: tuple[type[BaseException], ...] = (RedisError, OSError)
+        self._window_us = max(1, round(self.window_seconds * 1_000_000))
+        self._clock = _check_clock(clock)
+        self._telemetry = _check_telemetry(telemetry)
+        self._report = LimiterReport(self.name, self.max_requests, self.window_seconds,
+                                     self._telemetry)
+        self._token = os.urandom(8).hex()  # makes members unique across processes
+        self._seq = itertools.count()
+        self._line: collections.deque[_Waiter] = collections.deque()
+        self._queued = 0
+        self._unnoticed: list[_Waiter] = []
+        self._blocked = False  # the head was refused and waits for capacity
+        self._retry_at = 0.0
+        self._voids: collections.deque[tuple[str, float]] = collections.deque()
+        self._driver: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._down_until = -math.inf
+        self._last_error: BaseException | None = None
+
+    # -- public API ---------------------------------------------------------------
+
+    async def acquire(self, cost: int = 1, *, max_wait: float | None = None) -> float:
+        """Wait until ``cost`` fits, take it, and return the seconds waited.
+
+        Returns 0.0 at once (one Redis round trip) while under the limit.
+        ``max_wait`` (seconds, or None for no limit) bounds the wait: past it
+        :class:`~ragobs.errors.RateLimitTimeout` is raised and nothing is
+        taken. Cancelling a waiting ``acquire`` takes nothing either. A
+        ``cost`` above ``max_requests`` is a ``ValueError``. Redis unreachable:
+        see ``on_unavailable``.
+        """
+        waited, _ = await self._acquire(cost, max_wait)
+        return waited
+
+    async def try_acquire(self, cost: int = 1) -> bool:
+        """Take ``cost`` now if it fits and nobody in this process is waiting.
+
+        A coroutine (one Redis round trip) that never waits for capacity. A
+        refusal is counted as a rejection with reason ``no_capacity``. Redis
+        unreachable: ``True`` when failing open, ``RateLimiterUnavailable``
+        when failing closed.
+        """
+        cost = self._checked(cost)
+        if self._queued:
+            self._report.rejected(REASON_NO_CAPACITY, cost)
+            return False
+        if self._down_until > self._clock.now():
+            self._unavailable(cost, self._last_error)
+            return True
+        member = self._member(cost)
+        # Shielded: if the caller is cancelled mid-call, the call still ends
+        # and a grant it made is given back.
+        call = asyncio.ensure_future(self._call((), ((member, cost),)))
+        try:
+            _, granted, _ = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(functools.partial(self._void_if_granted, member))
+            raise
+        except self._redis_errors as exc:
+            self._went_down(exc)
+            if self.on_unavailable == "closed":
+                self._void(member)  # the script may have run before the error
+            self._unavailable(cost, exc)
+            return True
+        if granted:
+            self._report.acquired()
+            return True
+        self._report.rejected(REASON_NO_CAPACITY, cost)
+        return False
+
+    async def has_capacity(self, cost: int = 1) -> bool:
+        """Whether ``try_acquire(cost)`` would succeed now (one Redis round
+        trip, takes nothing). Redis unreachable: ``on_unavailable == "open"``."""
+        cost = check_cost(cost, self.max_requests)
+        if self._queued:
+            return False
+        if self._down_until > self._clock.now():
+            return self.on_unavailable == "open"
+        try:
+            _, granted, _ = await self._call((), ((self._member(cost), cost),), peek=True)
+        except self._redis_errors as exc:
+            self._went_down(exc)
+            return self.on_unavailable == "open"
+        return granted == 1
+
+    @property
+    def waiting(self) -> int:
+        """Number of acquisitions of this process waiting in line."""
+        return self._queued
+
+    async def aclose(self) -> None:
+        """Close the Redis client if the limiter created it (``url=``)."""
+        if self._owns_client:
+            await self._redis.aclose()
+
+    def __repr__(self) -> str:
+        return (f"RedisRateLimiter(max_requests={self.max_requests}, "
+                f"window_seconds={self.window_seconds:g}, key={self.key!r}, "
+                f"name={self.name!r}, on_unavailable={self.on_unavailable!r}, "
+                f"waiting={self.waiting})")
+
+    # -- acquiring ----------------------------------------------------------------
+
+    def _checked(self, cost: object) -> int:
+        return checked_cost(cost, self.max_requests, self._report)
+
+    def _member(self, cost: int) -> str:
+        return f"{cost}:{self._token}:{next(self._seq)}"
+
+    async def _acquire(self, cost: int, max_wait: float | None) -> tuple[float, int | None]:
+        """``acquire``, also returning the grant's time on Redis's clock in µs
+        (None when granted without Redis)."""
+        cost = self._checked(cost)
+        max_wait = _optional_positive("max_wait", max_wait)
+        clock = self._clock
+        start = clock.now()
+        if self._down_until > start:  # Redis failed a moment ago: do not wait on it again
+            self._unavailable(cost, self._last_error)
+            return 0.0, None
+        waiter = _Waiter(cost, self._member(cost), asyncio.get_running_loop().create_future())
+        self._line.append(waiter)
+        self._queued += 1
+        if self._blocked:  # behind a head that is waiting for capacity
+            self._notice(waiter, max(0.0, self._retry_at - start))
+        else:
+            self._unnoticed.append(waiter)
+        self._ensure_driver()
+        alarm: Cancellable | None = None
+        if max_wait is not None:
+            alarm = clock.call_at(start + max_wait,
+                                  functools.partial(self._time_out, waiter, max_wait))
+        try:
+            when, error = await waiter.future
+        except BaseException as exc:
+            self._abandon(waiter)
+            waited = clock.now() - start
+            if isinstance(exc, RateLimiterUnavailable):
+                self._backend_error("closed", cost, exc.__cause__ or exc)
+                self._report.rejected(REASON_BACKEND_UNAVAILABLE, cost, waited=waited, error=exc)
+            else:
+                reason = REASON_TIMEOUT if isinstance(exc, RateLimitTimeout) else REASON_CANCELLED
+                self._report.rejected(reason, cost, waited=waited,
+                                      error=exc if isinstance(exc, Exception) else None)
+            raise
+        finally:
+            if alarm is not None:
+                alarm.cancel()
+        if error is not None:
+            self._backend_error("open", cost, error)
+        if not waiter.noticed:
+            self._report.acquired()
+            return 0.0, when
+        waited = clock.now() - start
+        self._report.waited(waited)
+        return waited, when
+
+    def _notice(self, waiter: _Waiter, estimate: float) -> None:
+        waiter.noticed = True
+        waiter.context.run(self._report.waiting, estimate, waiter.cost)
+
+    def _is_head(self, waiter: _Waiter) -> bool:
+        for queued in self._line:
+            if queued.queued:
+                return queued is waiter
+        return False
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        if waiter.queued:
+            waiter.queued = False
+            self._queued -= 1
+
+    def _time_out(self, waiter: _Waiter, timeout: float) -> None:
+        if not waiter.future.done():
+            head = self._is_head(waiter)
+            self._dequeue(waiter)
+            waiter.future.set_exception(RateLimitTimeout(self.name, timeout))
+            if head:  # the next one may fit now
+                self._wake.set()
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """The caller left (cancelled, timed out, refused): hold nothing."""
+        fut = waiter.future
+        if fut.done() and not fut.cancelled() and fut.exception() is None \
+                and fut.result()[0] is not None:
+            self._void(waiter.member)  # granted, but cancelled before it could resume
+        if self._is_head(waiter):
+            self._wake.set()
+        self._dequeue(waiter)
+
+    def _void(self, member: str) -> None:
+        """Give a grant back: removed from Redis by the next script call."""
+        self._voids.append((member, self._clock.now()))
+        self._wake.set()
+        self._ensure_driver()
+
+    def _void_if_granted(self, member: str, call: asyncio.Future[tuple[int, int, int]]) -> None:
+        if not call.cancelled() and call.exception() is None and call.result()[1]:
+            self._void(member)
+
+    # -- the driver: the one task that asks Redis for the head of the line -------
+
+    def _ensure_driver(self) -> None:
+        if self._driver is None:
+            # An empty context: the driver serves every caller, not the first one.
+            self._driver = asyncio.get_running_loop().create_task(
+                self._drive(), name=f"ragobs-ratelimit-{self.name}",
+                context=contextvars.Context())
+
+    async def _drive(self) -> None:
+        clock = self._clock
+        line = self._line
+        try:
+            while True:
+                while line and not line[0].queued:
+                    line.popleft()
+                voids = self._take_voids()
+                if not line and not voids:
+                    self._unnoticed.clear()
+                    return
+                batch = list(itertools.islice((w for w in line if w.queued), _BATCH))
+                self._wake.clear()
+                try:
+                    now_us, granted, wait_ms = await self._call(
+                        voids, [(w.member, w.cost) for w in batch])
+                except self._redis_errors as exc:
+                    self._went_down(exc)
+                    self._voids.extend((m, clock.now()) for m in voids)
+                    if self.on_unavailable == "closed":  # it may have run before the error
+                        self._voids.extend((w.member, clock.now()) for w in batch)
+                    self._fail_line(exc)
+                    return
+                for waiter in batch[:granted]:
+                    if waiter.future.done():  # left while the call was in flight
+                        self._voids.append((waiter.member, clock.now()))
+                    else:
+                        self._dequeue(waiter)
+                        waiter.future.set_result((now_us, None))
+                if granted == len(batch):
+                    self._blocked = False
+                    self._unnoticed = [w for w in self._unnoticed if w.queued]
+                    continue
+                # The head does not fit: everyone queued is now waiting for capacity.
+                wait = wait_ms / 1000
+                self._blocked = True
+                self._retry_at = clock.now() + wait
+                for waiter in (batch[granted], *self._unnoticed):
+                    if waiter.queued and not waiter.noticed:
+                        self._notice(waiter, wait)
+                self._unnoticed.clear()
+                if not self._wake.is_set():  # a head that left meanwhile: ask again now
+                    timer = clock.call_at(self._retry_at, self._wake.set)
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        timer.cancel()
+        except BaseException as exc:
+            self._crash(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._driver = None
+            self._blocked = False
+
+    async def _call(self, voids: Sequence[str], requests: Sequence[tuple[str, int]], *,
+                    peek: bool = False) -> tuple[int, int, int]:
+        """One script call: (server time µs, number granted, ms until the next fits)."""
+        args: list[str | int] = [self.max_requests, self._window_us, int(peek), len(voids),
+                                 *voids]
+        for member, cost in requests:
+            args += (member, cost)
+        try:
+            async with asyncio.timeout(self.backend_timeout):
+                reply = await self._script(keys=self._keys, args=args, client=self._redis)
+        except TimeoutError as exc:  # asyncio's says nothing; say what timed out
+            raise TimeoutError(
+                f"no answer from Redis within {self.backend_timeout:g} s") from exc
+        return int(reply[0]), int(reply[1]), int(reply[2])
+
+    def _take_voids(self) -> list[str]:
+        voids = self._voids
+        oldest = self._clock.now() - self.window_seconds
+        while voids and voids[0][1] < oldest:  # expired on the server by now anyway
+            voids.popleft()
+        return [voids.popleft()[0] for _ in range(min(len(voids), _VOIDS))]
+
+    # -- Redis unreachable --------------------------------------------------------
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._last_error = exc
+        self._down_until = self._clock.now() + self.retry_backend_after
+
+    def _closed_error(self, error: BaseException | None) -> RateLimiterUnavailable:
+        exc = RateLimiterUnavailable(
+            f"rate limiter {self.name!r}: Redis unavailable "
+            f"({_describe(error) if error is not None else 'unknown error'}); failing closed")
+        exc.__cause__ = error
+        return exc
+
+    def _fail_line(self, error: BaseException) -> None:
+        """Apply ``on_unavailable`` to everyone waiting."""
+        for waiter in self._line:
+            if waiter.queued and not waiter.future.done():
+                self._dequeue(waiter)
+                if self.on_unavailable == "open":
+                    waiter.future.set_result((None, error))
+                else:
+                    waiter.future.set_exception(self._closed_error(error))
+        self._line.clear()
+        self._unnoticed.clear()
+
+    def _unavailable(self, cost: int, error: BaseException | None) -> None:
+        """Decide one acquisition without Redis: return (open) or raise (closed)."""
+        cause = error if error is not None else ConnectionError("Redis unavailable")
+        if self.on_unavailable == "open":
+            self._backend_error("open", cost, cause)
+            self._report.acquired()
+            return
+        exc = self._closed_error(cause)
+        self._backend_error("closed", cost, cause)
+        self._report.rejected(REASON_BACKEND_UNAVAILABLE, cost, error=exc)
+        raise exc
+
+    def _backend_error(self, mode: str, cost: int, error: BaseException) -> None:
+        tel = self._telemetry or get_telemetry()
+        tel.counter(semconv.RATELIMIT_BACKEND_ERRORS).add(1, {
+            semconv.NAME: tel.bound(semconv.NAME, self.name),
+            semconv.RATELIMIT_BACKEND_MODE: mode,
+        })
+        emit(semconv.EVENT_RATELIMIT_BACKEND_ERROR, self.name,
+             {semconv.RATELIMIT_BACKEND_MODE: mode, COST: cost}, error=error,
+             level=logging.WARNING,
+             message=f"rate limit {self.name}: Redis unavailable ({_describe(error)}), "
+                     f"failing {mode}")
+
+    def _crash(self, exc: BaseException) -> None:
+        """The driver died of something unexpected: nobody may wait forever."""
+        if isinstance(exc, Exception):
+            logging.getLogger("ragobs").error("rate limit %s: driver failed", self.name,
+                                              exc_info=exc)
+        for waiter in self._line:
+            if waiter.queued and not waiter.future.done():
+                self._dequeue(waiter)
+                if isinstance(exc, Exception):
+                    waiter.future.set_exception(exc)
+                else:
+                    waiter.future.cancel()
+        self._line.clear()
+        self._unnoticed.clear()
