@@ -477,6 +477,18 @@ def test_grafana_datasources_point_at_compose_services() -> None:
         assert port == SERVICE_PORTS[host], url
 
 
+def test_exemplars_link_to_a_provisioned_trace_datasource() -> None:
+    datasources = [ds for path in (ROOT / "deploy/grafana/provisioning/datasources").glob("*.y*ml")
+                   for ds in load_yaml(path).get("datasources", [])]
+    uids = {ds["uid"]: ds for ds in datasources}
+    (prometheus,) = [ds for ds in datasources if ds["type"] == "prometheus"]
+    links = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    # ragobs labels its exemplars trace_id (see ragobs/exposition.py).
+    assert [link["name"] for link in links] == ["trace_id"]
+    for link in links:
+        assert uids[link["datasourceUid"]]["type"] == "jaeger"
+
+
 def test_prometheus_container_finds_its_config_and_rule_files() -> None:
     prometheus = compose()["services"]["prometheus"]
     flags = dict(arg.split("=", 1) for arg in prometheus["command"] if "=" in arg)
