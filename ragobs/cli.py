@@ -37,6 +37,10 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    help="sidecar port (default $RAGOBS_PORT or 9464; 0 = any free port)")
     p.add_argument("--service-name", default=None,
                    help="service.name (default $OTEL_SERVICE_NAME or 'ragobs')")
+    p.add_argument("--log-level", default="warning",
+                   choices=["debug", "info", "warning", "error", "critical"],
+                   help="what the resilience wrappers log: 'warning' shows every rate-limit "
+                        "wait, retry and timeout; 'error' only fallbacks (default warning)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +118,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
     try:
         RunOptions(requests=getattr(args, "requests", 0), concurrency=getattr(
             args, "concurrency", 1))
