@@ -390,6 +390,8 @@ def test_bad_arguments_name_the_argument(kwargs: dict[str, object], error: type[
 
 async def test_bad_max_wait_names_the_argument() -> None:
     limiter = RateLimiter(max_requests=1, window_seconds=10, clock=ManualClock())
+    with pytest.raises(ValueError, match="max_wait must be a number > 0"):
+        await limiter.acquire(max_wait=-1)  # refused even when it would not wait
     await limiter.acquire()
     with pytest.raises(ValueError, match="max_wait must be a number > 0"):
         await limiter.acquire(max_wait=0)

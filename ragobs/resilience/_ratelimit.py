@@ -37,7 +37,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Final, Literal, Self, TypeVar, cast
 
 from opentelemetry.util.types import AttributeValue
@@ -273,8 +273,8 @@ class LimiterForms:
 
     __slots__ = ()
 
-    async def acquire(self, cost: int = 1, *, max_wait: float | None = None) -> float:
-        raise NotImplementedError  # pragma: no cover - every limiter defines it
+    #: Defined by each limiter: wait for ``cost``, return the seconds waited.
+    acquire: Callable[..., Awaitable[float]]
 
     async def __aenter__(self) -> Self:
         await self.acquire()
@@ -398,10 +398,12 @@ class RateLimiter(LimiterForms):
         """
         if cost.__class__ is not int or not 0 < cost <= self.max_requests:
             cost = self._checked(cost)
+        if max_wait is not None:
+            max_wait = _optional_positive("max_wait", max_wait)
         if not self._queued_cost and self._strategy.try_take(self._now(), cost) is not None:
             self._report.acquired()
             return 0.0
-        return await self._wait(cost, _optional_positive("max_wait", max_wait))
+        return await self._wait(cost, max_wait)
 
     async def __aenter__(self) -> RateLimiter:
         if not self._take_now(1):
