@@ -30,10 +30,10 @@ from ragobs.demo.agent import DemoConfig
 from ragobs.demo.runner import RunOptions, run_demo
 from ragobs.demo.stack import MODEL, OPERATION, Protection
 from ragobs.errors import RateLimitTimeout
-from ragobs.resilience import RateLimiter
+from ragobs.resilience import RateLimiter, RedisRateLimiter
 from ragobs.runtime import Runtime, setup
 from tests.promserver import PrometheusServer, finite
-from tests.support import require_binary
+from tests.support import free_port, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "dashboards" / "ragobs.json"
@@ -334,7 +334,8 @@ async def send_wave(runtime: Runtime, seed: int) -> None:
     """Demo traffic through the full stack, plus rate-limit refusals.
 
     The demo's limiter makes requests wait, it never refuses them, so the
-    rejection panel's two common reasons are provoked on a second limiter.
+    rejection panel's two common reasons are provoked on a second limiter, and
+    a shared (Redis) limiter whose Redis is unreachable feeds the backend panel.
     """
     await run_demo(
         runtime,
@@ -350,6 +351,13 @@ async def send_wave(runtime: Runtime, seed: int) -> None:
     assert not quota.try_acquire()  # reason no_capacity
     with pytest.raises(RateLimitTimeout):
         await quota.acquire(max_wait=0.01)  # reason timeout
+    shared = RedisRateLimiter(10, 60.0, url=f"redis://127.0.0.1:{free_port()}/0",
+                              on_unavailable="open", backend_timeout=0.5, name="shared",
+                              telemetry=runtime.telemetry)
+    try:
+        assert await shared.acquire() == 0.0  # nothing listens there: granted, counted
+    finally:
+        await shared.aclose()
 
 
 async def get_summary(url: str) -> dict[str, Any]:
