@@ -1,16 +1,20 @@
 """Prometheus exposition of the OpenTelemetry metrics, with exemplars.
 
 :class:`PrometheusReader` is opentelemetry-exporter-prometheus's reader plus
-one thing the stock reader drops: the SDK's exemplars. Each histogram bucket
-carries the trace id of a recent measurement that fell in it, visible when
-the scraper asks for OpenMetrics. If a future exporter release changes the
-internals this relies on, the reader still works, without exemplars.
+one thing the stock reader drops: exemplars. Each histogram bucket carries the
+trace id of a recent measurement that fell in it, visible when the scraper
+asks for OpenMetrics. Exemplars come from the SDK's reservoirs and, for the
+stream latency and TTFT histograms of a :func:`ragobs.setup` runtime, from
+ragobs' own :class:`~ragobs.telemetry.ExemplarTable` (cheaper per record).
+If a future exporter release changes the internals this relies on, the
+reader still works, without exemplars.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -21,6 +25,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.samples import Exemplar as PromExemplar
 
+from ragobs.telemetry import ExemplarTable, SampledExemplar
+
 logger = logging.getLogger("ragobs")
 
 try:  # private API of the exporter: used only to add exemplars
@@ -30,35 +36,43 @@ except ImportError:  # pragma: no cover - depends on the installed exporter
     _CustomCollector = None  # type: ignore[assignment,misc]
 
 
+def _sdk_exemplars(point: Any) -> list[SampledExemplar]:
+    """The exemplars the SDK's reservoir attached to ``point``, if any."""
+    return [SampledExemplar(ex.trace_id, ex.span_id, ex.value, ex.time_unix_nano / 1e9)
+            for ex in getattr(point, "exemplars", ()) or () if ex.trace_id]
+
+
 def _with_exemplars(bucket_counts: Sequence[int], bounds: Sequence[float],
-                    exemplars: Sequence[Any]) -> list[tuple[Any, ...]]:
-    by_bucket: dict[int, Any] = {}
+                    exemplars: Iterable[SampledExemplar]) -> list[tuple[Any, ...]]:
+    """Cumulative buckets, each with the latest exemplar that fell in it."""
+    by_bucket: dict[int, SampledExemplar] = {}
     for ex in exemplars:
-        if not ex.trace_id:
-            continue
-        index = next((i for i, b in enumerate(bounds) if ex.value <= b), len(bounds))
+        index = bisect_left(bounds, ex.value)  # the bucket with ex.value <= bound
         held = by_bucket.get(index)
-        if held is None or ex.time_unix_nano >= held.time_unix_nano:
+        if held is None or ex.timestamp >= held.timestamp:
             by_bucket[index] = ex
     buckets: list[tuple[Any, ...]] = []
     cumulative = 0
     for i, (bound, count) in enumerate(zip(chain(bounds, ["+Inf"]), bucket_counts, strict=True)):
         cumulative += count
-        ex = by_bucket.get(i)
-        if ex is None:
+        shown = by_bucket.get(i)
+        if shown is None:
             buckets.append((f"{bound}", cumulative))
         else:
-            labels = {"trace_id": format(ex.trace_id, "032x"),
-                      "span_id": format(ex.span_id, "016x")}
+            labels = {"trace_id": format(shown.trace_id, "032x"),
+                      "span_id": format(shown.span_id, "016x")}
             buckets.append(
-                (f"{bound}", cumulative, PromExemplar(labels, ex.value, ex.time_unix_nano / 1e9))
-            )
+                (f"{bound}", cumulative, PromExemplar(labels, shown.value, shown.timestamp)))
     return buckets
 
 
 if _CustomCollector is not None:
 
     class _ExemplarCollector(_CustomCollector):
+        def __init__(self, exemplars: ExemplarTable | None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._exemplars = exemplars
+
         def _translate_metric(self, metric: Any, scope_attrs: Any, resource_attrs: Any,
                               metric_family_id_metric_family: dict[str, Any]) -> None:
             if not isinstance(metric.data, Histogram):
@@ -77,12 +91,16 @@ if _CustomCollector is not None:
                                                labels=keys, unit=unit)
                 metric_family_id_metric_family[family_id] = family
             points = metric.data.data_points
+            table = self._exemplars
             for label_values, value, point in zip(rows, values, points, strict=True):
                 assert isinstance(value, dict)
+                exemplars = _sdk_exemplars(point)
+                if table is not None:
+                    exemplars += table.get(metric.name, point.attributes or {})
                 family.add_metric(
                     labels=label_values,
                     buckets=_with_exemplars(value["bucket_counts"], value["explicit_bounds"],
-                                            getattr(point, "exemplars", ()) or ()),
+                                            exemplars),
                     sum_value=value["sum"],
                 )
 
@@ -94,10 +112,13 @@ class PrometheusReader(PrometheusMetricReader):
         registry: the prometheus_client registry to register with.
         resource_labels: resource attributes copied onto every metric as
             labels (``service.name`` becomes ``service_name``).
+        exemplars: ragobs' own exemplars to show besides the SDK's (the
+            table :func:`ragobs.setup` also gives its :class:`~ragobs.Telemetry`).
     """
 
     def __init__(self, registry: CollectorRegistry,
-                 resource_labels: Sequence[str] = ("service.name",)) -> None:
+                 resource_labels: Sequence[str] = ("service.name",),
+                 exemplars: ExemplarTable | None = None) -> None:
         wanted = frozenset(resource_labels)
         keep: Callable[[str], bool] = wanted.__contains__
         # Build against a scratch registry: registering with an auto-describing
@@ -107,7 +128,7 @@ class PrometheusReader(PrometheusMetricReader):
         collector = self._collector
         if _CustomCollector is not None:
             try:
-                collector = _ExemplarCollector(scope_info_enabled=False,
+                collector = _ExemplarCollector(exemplars, scope_info_enabled=False,
                                                resource_attribute_filter=keep)
             except TypeError:  # pragma: no cover - exporter signature changed
                 logger.warning("ragobs: exporter internals changed; exemplars disabled")

@@ -29,7 +29,7 @@ from ragobs.labels import DEFAULT_MAX_VALUES
 from ragobs.resilience._report import resilience_counts
 from ragobs.server.app import create_app
 from ragobs.server.sidecar import Sidecar
-from ragobs.telemetry import Telemetry, set_telemetry
+from ragobs.telemetry import ExemplarTable, Telemetry, set_telemetry
 
 logger = logging.getLogger("ragobs")
 
@@ -148,14 +148,22 @@ def setup(
 
         existing_meter = metrics.get_meter_provider() if set_global else None
         meter_provider: MeterProvider | None = None
+        exemplars: ExemplarTable | None = None
         if isinstance(existing_meter, MeterProvider):
+            # Its exemplars stay the SDK's, as the application configured them.
             logger.info("ragobs: keeping the application's MeterProvider")
         else:
-            readers: list[MetricReader] = [PrometheusReader(registry)]
-            if _otlp_enabled():
-                otlp = _otlp_metric_reader()
-                if otlp is not None:
-                    readers.append(otlp)
+            otlp = _otlp_metric_reader() if _otlp_enabled() else None
+            if otlp is None:
+                # Prometheus is the only reader: ragobs keeps the stream latency
+                # and TTFT exemplars itself (a bisect and a dict store per
+                # stream instead of the SDK's reservoir) and the reader shows
+                # them. With an OTLP reader the SDK keeps taking them, so that
+                # they also leave by OTLP: our table is only seen by /metrics.
+                exemplars = ExemplarTable()
+            readers: list[MetricReader] = [PrometheusReader(registry, exemplars=exemplars)]
+            if otlp is not None:
+                readers.append(otlp)
             meter_provider = MeterProvider(resource=resource, metric_readers=readers)
             owned.append(meter_provider)
             if set_global:
@@ -180,6 +188,7 @@ def setup(
             meter_provider=None if set_global else meter_provider,
             max_label_values=max_label_values,
             capture_content=capture_content,
+            exemplars=exemplars,
         )
         runtime = Runtime(telemetry, registry, name, meter_provider, tracer_provider,
                           _owned=owned)

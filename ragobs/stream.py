@@ -40,14 +40,15 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ragobs import semconv
 from ragobs.semconv import Outcome
 from ragobs.summary_stats import SummaryStats
-from ragobs.telemetry import Telemetry, get_telemetry
+from ragobs.telemetry import ExemplarSeries, Telemetry, get_telemetry
 
 T = TypeVar("T")
 P = ParamSpec("P")
 
 _perf = time.perf_counter
-#: Passed as the context of records that need no exemplar: an exemplar costs
-#: about as much as the record itself, so only latency and TTFT carry them.
+#: Passed as the context of records that take no exemplar from the SDK (no
+#: span in it, so the SDK's trace-based filter skips its reservoir): only
+#: latency and TTFT carry exemplars, and ragobs may keep those itself.
 _NO_EXEMPLAR = Context()
 _attach = otel_context.attach
 _detach = otel_context.detach
@@ -73,6 +74,37 @@ def error_type(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _Ending:
+    """Everything :meth:`StreamObservation.finish` needs for one (labels, outcome,
+    error.type), built once and reused by every stream that ends that way."""
+
+    __slots__ = ("attrs", "error_type", "exemplars", "input_attrs", "key", "outcome",
+                 "output_attrs")
+
+    def __init__(self, telemetry: Telemetry, span_attributes: dict[str, str],
+                 outcome: Outcome, etype: str | None) -> None:
+        attrs = dict(span_attributes)
+        attrs[semconv.OUTCOME] = self.outcome = outcome.value
+        if etype is not None:
+            attrs[semconv.ERROR_TYPE] = telemetry.bound(semconv.ERROR_TYPE, etype)
+        #: histogram attributes, and the sorted key of the counters and exemplars
+        self.attrs = attrs
+        self.key = tuple(sorted(attrs.items()))
+        self.error_type = attrs.get(semconv.ERROR_TYPE)
+        self.output_attrs = {**attrs, semconv.TOKEN_TYPE: semconv.TokenType.OUTPUT.value}
+        self.input_attrs = {**attrs, semconv.TOKEN_TYPE: semconv.TokenType.INPUT.value}
+        #: (latency, TTFT) series of ragobs' own exemplar table, if it keeps one
+        self.exemplars: tuple[ExemplarSeries, ExemplarSeries] | None = None
+        table = telemetry.exemplars
+        if table is not None:
+            self.exemplars = (
+                table.series(semconv.OPERATION_DURATION.name, self.key,
+                             semconv.DURATION_BUCKETS),
+                table.series(semconv.TIME_TO_FIRST_CHUNK.name, self.key,
+                             semconv.TIME_TO_FIRST_CHUNK_BUCKETS),
+            )
+
+
 class _LabelSet:
     """Attribute dicts and counter keys for one (operation, provider, model)."""
 
@@ -90,23 +122,16 @@ class _LabelSet:
         self.span_name = f"{operation} {model}" if model else operation
         self.span_attributes = attrs
         self.active_key = tuple(sorted(attrs.items()))
-        self._ends: dict[tuple[Outcome, str | None], tuple[dict[str, str], tuple[Any, ...],
-                                                           dict[str, str]]] = {}
+        self._ends: dict[tuple[Outcome, str | None], _Ending] = {}
         self._telemetry = telemetry
 
-    def end(self, outcome: Outcome, etype: str | None
-            ) -> tuple[dict[str, str], tuple[Any, ...], dict[str, str]]:
-        """(histogram attributes, counter key, output-token attributes) for an ending."""
-        cached = self._ends.get((outcome, etype))
-        if cached is None:
-            attrs = dict(self.span_attributes)
-            attrs[semconv.OUTCOME] = outcome.value
-            if etype is not None:
-                attrs[semconv.ERROR_TYPE] = self._telemetry.bound(semconv.ERROR_TYPE, etype)
-            token_attrs = {**attrs, semconv.TOKEN_TYPE: semconv.TokenType.OUTPUT.value}
-            cached = (attrs, tuple(sorted(attrs.items())), token_attrs)
-            self._ends[(outcome, etype)] = cached
-        return cached
+    def end(self, outcome: Outcome, etype: str | None) -> _Ending:
+        """The cached :class:`_Ending` for this outcome and (unbounded) error type."""
+        found = self._ends.get((outcome, etype))
+        if found is None:
+            found = self._ends[(outcome, etype)] = _Ending(
+                self._telemetry, self.span_attributes, outcome, etype)
+        return found
 
 
 def _label_set(telemetry: Telemetry, operation: str, provider: str | None,
@@ -244,30 +269,42 @@ class StreamObservation:
         tel = self._telemetry
         labels = self._labels
         etype = error_type(exc) if exc is not None and outcome is not Outcome.CANCELLED else None
-        attrs, key, token_attrs = labels.end(outcome, etype)
-        ctx = self._ctx
+        ending = labels.end(outcome, etype)
+        attrs = ending.attrs
+        span = self._span
         tokens = self.token_count
+        input_tokens = self._input_tokens
         latency = t_end - self._t_start
         t_first = self._t_first
         ttft = rate = None
+        # Latency and TTFT carry the stream's trace id as an exemplar: in our
+        # own table when setup() gave us one (see ExemplarTable), else through
+        # the SDK's reservoir, which reads the span from ``context``.
+        exemplars = ending.exemplars
+        exemplar_ctx = self._ctx if exemplars is None else _NO_EXEMPLAR
 
-        tel.operation_duration.record(latency, attrs, context=ctx)
-        tel.token_usage.record(tokens, token_attrs, context=_NO_EXEMPLAR)
-        if self._input_tokens is not None:
-            tel.token_usage.record(
-                self._input_tokens,
-                {**attrs, semconv.TOKEN_TYPE: semconv.TokenType.INPUT.value},
-                context=_NO_EXEMPLAR,
-            )
+        tel.operation_duration.record(latency, attrs, context=exemplar_ctx)
+        tel.token_usage.record(tokens, ending.output_attrs, context=_NO_EXEMPLAR)
+        if input_tokens is not None:
+            tel.token_usage.record(input_tokens, ending.input_attrs, context=_NO_EXEMPLAR)
         if t_first is not None:
             ttft = t_first - self._t_start
-            tel.time_to_first_chunk.record(ttft, attrs, context=ctx)
+            tel.time_to_first_chunk.record(ttft, attrs, context=exemplar_ctx)
             window = t_end - t_first
             if tokens >= 2 and window > 0:
                 rate = tokens / window
                 tel.output_token_rate.record(rate, attrs, context=_NO_EXEMPLAR)
                 tel.time_per_output_chunk.record(window / (tokens - 1), attrs,
                                                  context=_NO_EXEMPLAR)
+        if exemplars is not None:
+            span_context = span.get_span_context()
+            if span_context.trace_flags.sampled:  # as the SDK's trace-based filter
+                now = time.time()
+                trace_id, span_id = span_context.trace_id, span_context.span_id
+                exemplars[0].offer(latency, trace_id, span_id, now)
+                if ttft is not None:
+                    exemplars[1].offer(ttft, trace_id, span_id, now)
+        key = ending.key
         tel.requests.add_key(key, 1)
         if outcome is Outcome.ERROR or outcome is Outcome.TIMEOUT:
             tel.errors.add_key(key, 1)
@@ -276,18 +313,17 @@ class StreamObservation:
         if self._also is not None:
             self._also.record(outcome, latency, ttft, tokens, rate)
 
-        span = self._span
         if span.is_recording():
             span_attrs: dict[str, Any] = {
                 semconv.USAGE_OUTPUT_TOKENS: tokens,
-                semconv.OUTCOME: outcome.value,
+                semconv.OUTCOME: ending.outcome,
             }
             if ttft is not None:
                 span_attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
-            if self._input_tokens is not None:
-                span_attrs[semconv.USAGE_INPUT_TOKENS] = self._input_tokens
-            if etype is not None and exc is not None:
-                span_attrs[semconv.ERROR_TYPE] = attrs[semconv.ERROR_TYPE]
+            if input_tokens is not None:
+                span_attrs[semconv.USAGE_INPUT_TOKENS] = input_tokens
+            if ending.error_type is not None and exc is not None:
+                span_attrs[semconv.ERROR_TYPE] = ending.error_type
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             span.set_attributes(span_attrs)

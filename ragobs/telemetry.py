@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Histogram, Observation
@@ -107,6 +108,72 @@ class CounterTable:
             yield Observation(value, dict(key))
 
 
+class SampledExemplar(NamedTuple):
+    """One traced measurement, as an OpenMetrics exemplar shows it."""
+
+    trace_id: int
+    span_id: int
+    value: float
+    timestamp: float  # Unix seconds
+
+
+class ExemplarSeries:
+    """The latest traced measurement per bucket of one histogram series.
+
+    Offering is a bisect and one dict store of a plain tuple (atomic under
+    the GIL, so no lock): a fraction of what the SDK's exemplar reservoir
+    costs per record.
+    """
+
+    __slots__ = ("bounds", "latest")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        #: bucket index (``bisect_left`` over ``bounds``, as the SDK counts
+        #: buckets) -> (trace_id, span_id, value, timestamp), as SampledExemplar
+        self.latest: dict[int, tuple[int, int, float, float]] = {}
+
+    def offer(self, value: float, trace_id: int, span_id: int, timestamp: float) -> None:
+        self.latest[bisect_left(self.bounds, value)] = (trace_id, span_id, value, timestamp)
+
+
+class ExemplarTable:
+    """Exemplars ragobs keeps itself, per histogram series, for OpenMetrics.
+
+    :func:`ragobs.setup` gives one to its :class:`~ragobs.exposition.PrometheusReader`
+    and to its :class:`Telemetry` when Prometheus is the only reader of the
+    meter provider it builds: the per-stream latency and TTFT histograms then
+    record without the SDK's exemplar reservoir, and the reader attaches these
+    exemplars when it renders. An exemplar stays until a later measurement
+    in the same bucket replaces it (as in prometheus_client). Memory is one
+    entry per bucket of each series, which the label guard bounds.
+
+    Trade-off: only ``/metrics`` reads this table, so those two histograms'
+    exemplars would not leave by OTLP; ``setup()`` leaves them to the SDK
+    whenever it adds an OTLP reader.
+    """
+
+    __slots__ = ("_series",)
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, _AttrKey], ExemplarSeries] = {}
+
+    def series(self, name: str, key: _AttrKey, bounds: Sequence[float]) -> ExemplarSeries:
+        """The series of instrument ``name`` for the sorted attribute ``key``."""
+        found = self._series.get((name, key))
+        if found is None:
+            # setdefault: two threads creating one series get the same object.
+            found = self._series.setdefault((name, key), ExemplarSeries(bounds))
+        return found
+
+    def get(self, name: str, attributes: Mapping[str, Any]) -> list[SampledExemplar]:
+        """The exemplars held for one data point (empty when none)."""
+        found = self._series.get((name, tuple(sorted(attributes.items()))))
+        if found is None:
+            return []
+        return [SampledExemplar(*held) for held in list(found.latest.values())]
+
+
 class Telemetry:
     """The tracer, instruments, label guard and summary of one instrumented app.
 
@@ -119,6 +186,9 @@ class Telemetry:
             rest are reported as ``_OTHER``.
         capture_content: opt-in to put prompt / answer text on spans. Off by
             default; ragobs never puts text in metrics.
+        exemplars: where latency and TTFT exemplars go instead of the SDK's
+            reservoir (see :class:`ExemplarTable`). ``None`` (the default, and
+            always for an application's own providers): the SDK takes them.
     """
 
     def __init__(
@@ -129,11 +199,13 @@ class Telemetry:
         summary: SummaryStats | None = None,
         max_label_values: int = DEFAULT_MAX_VALUES,
         capture_content: bool = False,
+        exemplars: ExemplarTable | None = None,
     ) -> None:
         self.tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider)
         self.labels = LabelGuard(max_label_values)
         self.summary = summary if summary is not None else SummaryStats()
         self.capture_content = capture_content
+        self.exemplars = exemplars
         #: Memo of per-label-set attribute dicts; bounded by the label guard.
         self.cache: dict[Any, Any] = {}
         shared = _instruments_for(meter_provider)

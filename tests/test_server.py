@@ -9,8 +9,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from ragobs.exposition import render
 from ragobs.runtime import Runtime, setup
 from ragobs.server import resolve_address
 from ragobs.stages import stage
@@ -96,6 +100,59 @@ async def test_openmetrics_carries_exemplars_with_trace_ids(served: tuple[Runtim
     assert exemplar_lines
     assert 'trace_id="' in exemplar_lines[0] and 'span_id="' in exemplar_lines[0]
     assert body.rstrip().endswith("# EOF")
+
+
+def exemplars_by_family(body: str) -> dict[str, list[tuple[float, float, str, str, float]]]:
+    """(previous le, le, trace id, span id, value) of every bucket exemplar, by family."""
+    found: dict[str, list[tuple[float, float, str, str, float]]] = {}
+    for family in text_string_to_metric_families(body):
+        lower: dict[tuple[tuple[str, str], ...], float] = {}
+        for sample in family.samples:
+            if not sample.name.endswith("_bucket"):
+                continue
+            series = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+            upper = float(sample.labels["le"])
+            if sample.exemplar is not None:
+                ex = sample.exemplar
+                found.setdefault(family.name, []).append(
+                    (lower.get(series, float("-inf")), upper, ex.labels["trace_id"],
+                     ex.labels["span_id"], ex.value))
+            lower[series] = upper
+    return found
+
+
+async def test_openmetrics_exemplars_name_the_stream_and_stage_spans(
+        served: tuple[Runtime, str]) -> None:
+    runtime, url = served
+    assert runtime.telemetry.exemplars is not None  # setup() keeps its own
+    assert runtime.tracer_provider is not None
+    spans = InMemorySpanExporter()
+    runtime.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    await traffic(runtime, n_ok=3, n_err=1)
+    ids: dict[str, set[tuple[str, str]]] = {}
+    for span in spans.get_finished_spans():
+        assert span.context is not None
+        ids.setdefault(span.name, set()).add(
+            (format(span.context.trace_id, "032x"), format(span.context.span_id, "016x")))
+    assert len(ids["chat sim-1"]) == 4 and len(ids["retrieve python_docs"]) == 4
+
+    accept = "application/openmetrics-text; version=1.0.0"
+    found = exemplars_by_family((await get(f"{url}/metrics", Accept=accept))[2])
+    for family, span_name in (("gen_ai_client_operation_duration_seconds", "chat sim-1"),
+                              ("gen_ai_client_operation_time_to_first_chunk_seconds",
+                               "chat sim-1"),
+                              ("ragobs_stage_duration_seconds", "retrieve python_docs")):
+        assert found.get(family), family
+        for lower, upper, trace_id, span_id, value in found[family]:
+            assert (trace_id, span_id) in ids[span_name], family
+            assert lower < value <= upper, (family, lower, value, upper)
+    for family in ("gen_ai_client_token_usage", "ragobs_stream_output_tokens_per_second"):
+        assert family not in found
+
+    # ragobs' own exemplars stay until replaced, so a second scraper sees them too.
+    again = exemplars_by_family((await get(f"{url}/metrics", Accept=accept))[2])
+    assert again["gen_ai_client_operation_duration_seconds"] == \
+        found["gen_ai_client_operation_duration_seconds"]
 
 
 async def test_health_and_summary(served: tuple[Runtime, str]) -> None:
@@ -187,3 +244,42 @@ async def test_otlp_endpoint_receives_spans_and_metrics(monkeypatch: pytest.Monk
         assert received["/v1/metrics"] >= 1
     finally:
         await runner.cleanup()
+
+
+async def test_with_an_otlp_reader_the_sdk_keeps_the_exemplars(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTLP carries the SDK's exemplars, so setup() then leaves them to the SDK."""
+    import opentelemetry.exporter.otlp.proto.http  # noqa: F401 - [dev] installs [otlp]
+
+    received: list[str] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        await request.read()
+        received.append(request.path)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    app.router.add_post("/v1/metrics", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    registry = CollectorRegistry()
+    runtime = setup(serve=False, set_global=False, registry=registry)
+    try:
+        assert runtime.telemetry.exemplars is None
+        await traffic(runtime, n_ok=2, n_err=0)
+        body = render(registry, "application/openmetrics-text; version=1.0.0")[0].decode()
+        found = exemplars_by_family(body)
+        for family in ("gen_ai_client_operation_duration_seconds",
+                       "gen_ai_client_operation_time_to_first_chunk_seconds"):
+            assert found.get(family), family
+            for lower, upper, trace_id, _, value in found[family]:
+                assert len(trace_id) == 32 and int(trace_id, 16) != 0
+                assert lower < value <= upper
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, runtime.shutdown)
+        await runner.cleanup()
+    assert "/v1/metrics" in received

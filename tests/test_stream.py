@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import gc
 import inspect
 import random
+import time
 from collections.abc import AsyncGenerator, Generator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import StatusCode
 
 from ragobs import semconv
 from ragobs.stages import stage
 from ragobs.stream import error_type, instrument_stream, observe, observe_stream
+from ragobs.telemetry import ExemplarTable, Telemetry
 from tests.conftest import OTelHarness
 
 DURATION = semconv.OPERATION_DURATION.name
@@ -322,6 +327,79 @@ async def test_label_values_are_capped(otel: OTelHarness) -> None:
     models = {p.attributes[semconv.REQUEST_MODEL] for p in otel.points(REQUESTS)}
     assert models == {"model-0", "model-1", "model-2", semconv.OTHER}
     assert otel.value(REQUESTS, gen_ai__request__model=semconv.OTHER) == 3
+
+
+async def test_sdk_exemplars_on_an_applications_own_providers(otel: OTelHarness) -> None:
+    """Without ragobs' exemplar table (an application's providers), the SDK keeps them."""
+    assert otel.telemetry.exemplars is None
+    await consume(observe_stream(tokens(3, gap=0.001), model="m", telemetry=otel.telemetry))
+    span = only_span(otel)
+    # One collection: the SDK's reservoirs hand out their exemplars once.
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    points = {m.name: list(m.data.data_points) for rm in data.resource_metrics
+              for sm in rm.scope_metrics for m in sm.metrics}
+    for name in (DURATION, TTFT):
+        (point,) = points[name]
+        assert [(e.trace_id, e.span_id) for e in point.exemplars] == [
+            (span.context.trace_id, span.context.span_id)], name
+        assert point.exemplars[0].value == pytest.approx(point.sum)
+    for name in (USAGE, RATE, TPOC):
+        assert all(not p.exemplars for p in points[name]), name
+
+
+async def test_exemplar_table_takes_latency_and_ttft_exemplars(otel: OTelHarness) -> None:
+    table = ExemplarTable()
+    tel = Telemetry(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider,
+                    exemplars=table)
+    await consume(observe_stream(tokens(3, gap=0.001), model="m", telemetry=tel))
+    span = only_span(otel)
+    attrs = {semconv.OPERATION_NAME: "chat", semconv.REQUEST_MODEL: "m", semconv.OUTCOME: "ok"}
+    data = otel.reader.get_metrics_data()  # one collection (see above)
+    assert data is not None
+    points = {m.name: list(m.data.data_points) for rm in data.resource_metrics
+              for sm in rm.scope_metrics for m in sm.metrics}
+    for name, bounds in ((DURATION, semconv.DURATION_BUCKETS),
+                         (TTFT, semconv.TIME_TO_FIRST_CHUNK_BUCKETS)):
+        (point,) = points[name]
+        assert dict(point.attributes) == attrs
+        assert not point.exemplars, name  # not kept twice: the SDK took none
+        (ex,) = table.get(name, point.attributes)
+        assert (ex.trace_id, ex.span_id) == (span.context.trace_id, span.context.span_id)
+        assert ex.value == pytest.approx(point.sum)
+        assert abs(ex.timestamp - time.time()) < 60
+        # Held in the bucket the SDK counted the value in.
+        assert point.bucket_counts[bisect.bisect_left(bounds, ex.value)] == 1
+
+    # The next stream's exemplar is held too; other series are apart.
+    await consume(observe_stream(tokens(3, gap=0.001), model="m", telemetry=tel))
+    newest = otel.spans()[-1].context
+    assert newest.trace_id in {ex.trace_id for ex in table.get(DURATION, attrs)}
+    assert table.get(DURATION, {**attrs, semconv.OUTCOME: "error"}) == []
+
+
+def test_exemplar_series_keeps_the_latest_per_bucket() -> None:
+    table = ExemplarTable()
+    key = ((semconv.OPERATION_NAME, "chat"),)
+    series = table.series(DURATION, key, (0.1, 1.0))
+    assert table.series(DURATION, key, (0.1, 1.0)) is series
+    series.offer(0.05, 1, 11, 100.0)
+    series.offer(0.1, 2, 22, 101.0)  # same bucket (le=0.1): replaces
+    series.offer(5.0, 3, 33, 102.0)  # +Inf bucket
+    held = sorted(table.get(DURATION, {semconv.OPERATION_NAME: "chat"}))
+    assert [(e.trace_id, e.span_id, e.value, e.timestamp) for e in held] == [
+        (2, 22, 0.1, 101.0), (3, 33, 5.0, 102.0)]
+
+
+async def test_no_exemplar_from_an_unsampled_span(otel: OTelHarness) -> None:
+    table = ExemplarTable()
+    tel = Telemetry(tracer_provider=TracerProvider(sampler=ALWAYS_OFF),
+                    meter_provider=otel.meter_provider, exemplars=table)
+    await consume(observe_stream(tokens(2), model="m", telemetry=tel))
+    (point,) = otel.points(DURATION)
+    assert point.count == 1
+    assert table.get(DURATION, point.attributes) == []
+    assert not point.exemplars
 
 
 def test_error_type_prefers_http_status() -> None:
