@@ -81,11 +81,15 @@ _current: Runtime | None = None
 _lock = threading.Lock()
 
 
-def _otlp_enabled() -> bool:
-    env = os.environ
+def _otlp_enabled(signal: str) -> bool:
+    """Whether ``signal`` ("traces" or "metrics") leaves by OTLP: an endpoint is
+    set for it (``OTEL_EXPORTER_OTLP_ENDPOINT`` or the signal's own) and
+    ``OTEL_<SIGNAL>_EXPORTER`` does not say ``none``."""
+    env, upper = os.environ, signal.upper()
+    if env.get(f"OTEL_{upper}_EXPORTER", "otlp").strip().lower() == "none":
+        return False
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+                or env.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"))
 
 
 def _otlp_metric_reader() -> MetricReader | None:
@@ -153,7 +157,7 @@ def setup(
             # Its exemplars stay the SDK's, as the application configured them.
             logger.info("ragobs: keeping the application's MeterProvider")
         else:
-            otlp = _otlp_metric_reader() if _otlp_enabled() else None
+            otlp = _otlp_metric_reader() if _otlp_enabled("metrics") else None
             if otlp is None:
                 # Prometheus is the only reader: ragobs keeps the stream latency
                 # and TTFT exemplars itself (a bisect and a dict store per
@@ -175,7 +179,7 @@ def setup(
             logger.info("ragobs: keeping the application's TracerProvider")
         else:
             tracer_provider = TracerProvider(resource=resource)
-            if _otlp_enabled():
+            if _otlp_enabled("traces"):
                 processor = _otlp_span_processor()
                 if processor is not None:
                     tracer_provider.add_span_processor(processor)

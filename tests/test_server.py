@@ -218,7 +218,9 @@ async def test_port_in_use_is_a_clear_error(served: tuple[Runtime, str]) -> None
         await runtime.app_sidecar("127.0.0.1", port).start()
 
 
-async def test_otlp_endpoint_receives_spans_and_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+async def otlp_collector() -> AsyncIterator[tuple[str, dict[str, int]]]:
+    """A real OTLP/HTTP endpoint on loopback counting the exports it receives."""
     import opentelemetry.exporter.otlp.proto.http  # noqa: F401 - [dev] installs [otlp]
 
     received: dict[str, int] = {"/v1/traces": 0, "/v1/metrics": 0}
@@ -235,15 +237,29 @@ async def test_otlp_endpoint_receives_spans_and_metrics(monkeypatch: pytest.Monk
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
-    runtime = setup(serve=False, set_global=False, registry=CollectorRegistry())
     try:
-        await traffic(runtime, n_ok=2, n_err=0)
-        await asyncio.get_running_loop().run_in_executor(None, runtime.shutdown)
-        assert received["/v1/traces"] >= 1
-        assert received["/v1/metrics"] >= 1
+        yield f"http://127.0.0.1:{port}", received
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(("env", "traces", "metrics"), [
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "{url}"}, True, True),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "{url}", "OTEL_METRICS_EXPORTER": "none"}, True, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "{url}", "OTEL_TRACES_EXPORTER": "none"}, False, True),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "{url}/v1/traces"}, True, False),
+])
+async def test_otlp_export_follows_the_otel_variables(
+        monkeypatch: pytest.MonkeyPatch, otlp_collector: tuple[str, dict[str, int]],
+        env: dict[str, str], traces: bool, metrics: bool) -> None:
+    url, received = otlp_collector
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(url=url))
+    runtime = setup(serve=False, set_global=False, registry=CollectorRegistry())
+    await traffic(runtime, n_ok=2, n_err=0)
+    await asyncio.get_running_loop().run_in_executor(None, runtime.shutdown)
+    assert (received["/v1/traces"] >= 1) is traces
+    assert (received["/v1/metrics"] >= 1) is metrics
 
 
 async def test_with_an_otlp_reader_the_sdk_keeps_the_exemplars(
