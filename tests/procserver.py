@@ -8,6 +8,7 @@ process exits or the probe never passes), terminate then kill.
 
 from __future__ import annotations
 
+import abc
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from types import TracebackType
 from typing import IO, Self
 
 
-class ServerProcess:
+class ServerProcess(abc.ABC):
     """One child process; subclasses define ``start`` / ``stop`` and the probe."""
 
     #: Raised when the process does not start or does not become ready.
@@ -76,8 +77,9 @@ class ServerProcess:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    @abc.abstractmethod
     def start(self, ready_timeout: float = 10.0) -> Self:
-        raise NotImplementedError
+        """Start the process and wait until it is ready."""
 
     def stop(self) -> None:
         self._terminate()

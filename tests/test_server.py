@@ -263,25 +263,10 @@ async def test_otlp_export_follows_the_otel_variables(
 
 
 async def test_with_an_otlp_reader_the_sdk_keeps_the_exemplars(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, otlp_collector: tuple[str, dict[str, int]]) -> None:
     """OTLP carries the SDK's exemplars, so setup() then leaves them to the SDK."""
-    import opentelemetry.exporter.otlp.proto.http  # noqa: F401 - [dev] installs [otlp]
-
-    received: list[str] = []
-
-    async def collect(request: web.Request) -> web.Response:
-        await request.read()
-        received.append(request.path)
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", collect)
-    app.router.add_post("/v1/metrics", collect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    url, received = otlp_collector
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
     registry = CollectorRegistry()
     runtime = setup(serve=False, set_global=False, registry=registry)
     try:
@@ -297,5 +282,4 @@ async def test_with_an_otlp_reader_the_sdk_keeps_the_exemplars(
                 assert lower < value <= upper
     finally:
         await asyncio.get_running_loop().run_in_executor(None, runtime.shutdown)
-        await runner.cleanup()
-    assert "/v1/metrics" in received
+    assert received["/v1/metrics"] >= 1
