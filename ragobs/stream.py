@@ -30,7 +30,7 @@ import inspect
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Final, ParamSpec, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -126,20 +126,32 @@ class _LabelSet:
         self._telemetry = telemetry
 
     def end(self, outcome: Outcome, etype: str | None) -> _Ending:
-        """The cached :class:`_Ending` for this outcome and (unbounded) error type."""
+        """The :class:`_Ending` for this outcome and (raw) error type, cached
+        while fewer than ``_ENDINGS_CACHED`` are."""
         found = self._ends.get((outcome, etype))
         if found is None:
-            found = self._ends[(outcome, etype)] = _Ending(
-                self._telemetry, self.span_attributes, outcome, etype)
+            found = _Ending(self._telemetry, self.span_attributes, outcome, etype)
+            if len(self._ends) < _ENDINGS_CACHED:
+                self._ends[(outcome, etype)] = found
         return found
+
+
+#: The caches are keyed by raw names (the span name carries the real model),
+#: which callers may vary without bound: past these sizes a new name is served
+#: uncached (a few µs more), so memory never grows with the names seen.
+_LABEL_SETS_CACHED: Final = 1024
+_ENDINGS_CACHED: Final = 64
 
 
 def _label_set(telemetry: Telemetry, operation: str, provider: str | None,
                model: str | None) -> _LabelSet:
     key = ("stream", operation, provider, model)
-    found = telemetry.cache.get(key)
+    cache = telemetry.cache
+    found = cache.get(key)
     if found is None:
-        found = telemetry.cache[key] = _LabelSet(telemetry, operation, provider, model)
+        found = _LabelSet(telemetry, operation, provider, model)
+        if len(cache) < _LABEL_SETS_CACHED:
+            cache[key] = found
     assert isinstance(found, _LabelSet)
     return found
 

@@ -206,7 +206,7 @@ class Telemetry:
         self.summary = summary if summary is not None else SummaryStats()
         self.capture_content = capture_content
         self.exemplars = exemplars
-        #: Memo of per-label-set attribute dicts; bounded by the label guard.
+        #: Memo of per-label-set attribute dicts; size-capped by its users.
         self.cache: dict[Any, Any] = {}
         shared = _instruments_for(meter_provider)
         self._instruments = shared.instruments

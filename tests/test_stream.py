@@ -329,6 +329,26 @@ async def test_label_values_are_capped(otel: OTelHarness) -> None:
     assert otel.value(REQUESTS, gen_ai__request__model=semconv.OTHER) == 3
 
 
+async def test_memory_does_not_grow_with_the_names_served(otel: OTelHarness) -> None:
+    """Every stream names a new model and fails with a new error class: the label
+    values are capped, and so are the caches keyed by the raw names."""
+    tel = Telemetry(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider,
+                    max_label_values=8)
+
+    async def failing(i: int) -> AsyncGenerator[str, None]:
+        yield "tok"
+        raise type(f"Error{i}", (Exception,), {})()
+
+    for i in range(3000):
+        with pytest.raises(Exception, match=r"^$"):
+            await consume(observe_stream(failing(i), model=f"model-{i}", telemetry=tel))
+    assert len(tel.cache) <= 1024
+    assert all(len(ls._ends) <= 64 for ls in tel.cache.values())
+    assert otel.value(REQUESTS) == 3000  # and nothing was lost on the way
+    models = {p.attributes[semconv.REQUEST_MODEL] for p in otel.points(REQUESTS)}
+    assert len(models) == 9  # 8 real names + _OTHER
+
+
 async def test_sdk_exemplars_on_an_applications_own_providers(otel: OTelHarness) -> None:
     """Without ragobs' exemplar table (an application's providers), the SDK keeps them."""
     assert otel.telemetry.exemplars is None
