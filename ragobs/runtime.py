@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 from opentelemetry import metrics, trace
@@ -79,6 +80,26 @@ class Runtime:
 
 _current: Runtime | None = None
 _lock = threading.Lock()
+#: Providers ragobs made the process's global ones (OpenTelemetry lets a
+#: process set each global provider once).
+_installed: weakref.WeakSet[object] = weakref.WeakSet()
+
+
+def _install(provider: object, existing: object, kind: str) -> bool:
+    """Whether ``provider`` may become the global ``kind``; remembers it if so.
+
+    After a runtime that :func:`setup` installed was shut down, its provider
+    stays the global one (OpenTelemetry refuses a second): the new runtime
+    then keeps its providers to itself, and ragobs's instruments use them.
+    """
+    if existing in _installed:
+        logger.warning(
+            "ragobs: setup() after shutdown(): OpenTelemetry's global %s can be set once per "
+            "process, so this runtime keeps its own (ragobs's instruments use it; other "
+            "libraries still see the one shut down)", kind)
+        return False
+    _installed.add(provider)
+    return True
 
 
 def _otlp_enabled(signal: str) -> bool:
@@ -153,7 +174,7 @@ def setup(
         existing_meter = metrics.get_meter_provider() if set_global else None
         meter_provider: MeterProvider | None = None
         exemplars: ExemplarTable | None = None
-        if isinstance(existing_meter, MeterProvider):
+        if isinstance(existing_meter, MeterProvider) and existing_meter not in _installed:
             # Its exemplars stay the SDK's, as the application configured them.
             logger.info("ragobs: keeping the application's MeterProvider")
         else:
@@ -170,12 +191,12 @@ def setup(
                 readers.append(otlp)
             meter_provider = MeterProvider(resource=resource, metric_readers=readers)
             owned.append(meter_provider)
-            if set_global:
+            if set_global and _install(meter_provider, existing_meter, "MeterProvider"):
                 metrics.set_meter_provider(meter_provider)
 
         existing_tracer = trace.get_tracer_provider() if set_global else None
         tracer_provider: TracerProvider | None = None
-        if isinstance(existing_tracer, TracerProvider):
+        if isinstance(existing_tracer, TracerProvider) and existing_tracer not in _installed:
             logger.info("ragobs: keeping the application's TracerProvider")
         else:
             tracer_provider = TracerProvider(resource=resource)
@@ -184,12 +205,13 @@ def setup(
                 if processor is not None:
                     tracer_provider.add_span_processor(processor)
             owned.append(tracer_provider)
-            if set_global:
+            if set_global and _install(tracer_provider, existing_tracer, "TracerProvider"):
                 trace.set_tracer_provider(tracer_provider)
 
         telemetry = Telemetry(
-            tracer_provider=None if set_global else tracer_provider,
-            meter_provider=None if set_global else meter_provider,
+            # None: the global provider, the application's or the one just installed.
+            tracer_provider=None if tracer_provider in _installed else tracer_provider,
+            meter_provider=None if meter_provider in _installed else meter_provider,
             max_label_values=max_label_values,
             capture_content=capture_content,
             exemplars=exemplars,

@@ -132,3 +132,36 @@ def test_serve_runs_a_user_function_with_the_sidecar_up(tmp_path: object) -> Non
         env={**os.environ, "PYTHONPATH": module_dir})
     assert done.returncode == 0, done.stderr
     assert "SERVED_OK" in done.stdout, done.stdout
+
+
+def test_setup_after_shutdown_serves_the_new_runtimes_metrics() -> None:
+    """OpenTelemetry sets each global provider once: a second setup() after
+    shutdown() keeps providers of its own, and ragobs's instruments use them."""
+    port = free_port()
+    done = run_script(f"""
+        import asyncio, urllib.request
+        from prometheus_client import CollectorRegistry
+        import ragobs
+
+        async def tokens():
+            for t in "abc":
+                yield t
+
+        async def one():
+            async for _ in ragobs.observe_stream(tokens(), model="again-model"):
+                pass
+
+        first = ragobs.setup(serve=False, registry=CollectorRegistry())
+        asyncio.run(one())
+        first.shutdown()
+        second = ragobs.setup(port={port}, registry=CollectorRegistry())
+        assert second is not first
+        asyncio.run(one())
+        body = urllib.request.urlopen("http://127.0.0.1:{port}/metrics").read().decode()
+        ok = 'ragobs_requests_total{{' in body and 'gen_ai_request_model="again-model"' in body
+        print("SECOND_OK" if ok else body)
+        second.shutdown()
+    """)
+    assert done.returncode == 0, done.stderr
+    assert "SECOND_OK" in done.stdout, done.stdout
+    assert "setup() after shutdown()" in done.stderr
