@@ -10,6 +10,8 @@ import sys
 import time
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support import free_port
 
 RAGOBS = [sys.executable, "-m", "ragobs.cli"]
@@ -54,8 +56,14 @@ def test_demo_serves_metrics_while_running_and_stops_cleanly_on_ctrl_c() -> None
             except OSError:
                 continue
         assert ok_series in body
-        assert 'ragobs_requests_total{gen_ai_operation_name="chat"' in body
-        assert 'gen_ai_request_model="sim-rag-1"' in body
+        # Parsed, not matched as text: the exporter orders labels as it likes
+        # (an error series adds error_type="" to every series of the family).
+        requests = [sample for family in text_string_to_metric_families(body)
+                    if family.name == "ragobs_requests" for sample in family.samples
+                    if sample.name == "ragobs_requests_total"]
+        assert any(s.labels["gen_ai_operation_name"] == "chat"
+                   and s.labels["gen_ai_request_model"] == "sim-rag-1"
+                   and s.labels["ragobs_outcome"] == "ok" and s.value >= 1 for s in requests)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
