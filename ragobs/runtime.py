@@ -154,7 +154,7 @@ def setup(
         set_global: install the providers and the :class:`Telemetry` as
             process-wide defaults. ``False`` builds an isolated runtime.
         max_label_values: distinct values per attribute before ``_OTHER``.
-        capture_content: opt in to prompt/answer text on spans.
+        capture_content: opt in to answer text on spans (see :class:`Telemetry`).
 
     Calling it again with ``set_global=True`` returns the runtime already set up.
     """

@@ -24,6 +24,8 @@ ERROR_TYPE: Final = "error.type"
 USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+#: Opt-in only (``capture_content=True``): the answer text, as GenAI semconv messages.
+OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
 
 OUTCOME: Final = "ragobs.outcome"
 STAGE: Final = "ragobs.stage"

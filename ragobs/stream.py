@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
 from types import TracebackType
@@ -140,6 +141,8 @@ class _LabelSet:
 #: which callers may vary without bound: past these sizes a new name is served
 #: uncached (a few µs more), so memory never grows with the names seen.
 _LABEL_SETS_CACHED: Final = 1024
+#: Characters of answer text kept per stream when content capture is on.
+CONTENT_LIMIT: Final = 65_536
 _ENDINGS_CACHED: Final = 64
 
 
@@ -175,12 +178,14 @@ class StreamObservation:
 
     __slots__ = (
         "_also",
+        "_content",
         "_ctx",
         "_finished",
         "_input_tokens",
         "_labels",
         "_n_tokens",
         "_output_tokens",
+        "_room",
         "_span",
         "_t_first",
         "_t_start",
@@ -200,6 +205,9 @@ class StreamObservation:
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
         self._finished = False
+        #: Answer text kept for the span, only when the user opted in.
+        self._content: list[str] | None = [] if telemetry.capture_content else None
+        self._room = CONTENT_LIMIT
 
     # -- the hand-written-loop API --------------------------------------
 
@@ -228,6 +236,29 @@ class StreamObservation:
             self._input_tokens = input_tokens
         if output_tokens is not None:
             self._output_tokens = output_tokens
+
+    def record_output(self, chunk: object) -> None:
+        """Keep the text of ``chunk`` (str or UTF-8 bytes) for the span's
+        ``gen_ai.output.messages``: only when the :class:`Telemetry` has
+        ``capture_content=True``, and at most ``CONTENT_LIMIT`` characters."""
+        content = self._content
+        if content is None:
+            return
+        if isinstance(chunk, bytes):
+            chunk = chunk.decode("utf-8", "replace")
+        if not isinstance(chunk, str):
+            return
+        if self._room > 0:
+            content.append(chunk[:self._room])
+            self._room -= len(content[-1])
+
+    def _capturing(self, count: Callable[[T], int] | None) -> Callable[[T], int]:
+        """``count``, also keeping each chunk's text (the opted-in path only)."""
+        def counted(chunk: T) -> int:
+            self.record_output(chunk)
+            return 1 if count is None else count(chunk)
+
+        return counted
 
     @property
     def span(self) -> trace.Span:
@@ -334,6 +365,11 @@ class StreamObservation:
                 span_attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
             if input_tokens is not None:
                 span_attrs[semconv.USAGE_INPUT_TOKENS] = input_tokens
+            if self._content:
+                span_attrs[semconv.OUTPUT_MESSAGES] = json.dumps([{
+                    "role": "assistant",
+                    "parts": [{"type": "text", "content": "".join(self._content)}],
+                }], ensure_ascii=False)
             if ending.error_type is not None and exc is not None:
                 span_attrs[semconv.ERROR_TYPE] = ending.error_type
                 span.record_exception(exc)
@@ -369,6 +405,8 @@ def observe(
 async def _observe_async(
     source: AsyncIterable[T], obs: StreamObservation, count: Callable[[T], int] | None
 ) -> AsyncGenerator[T, None]:
+    if obs._content is not None:
+        count = obs._capturing(count)
     obs.start()
     it = source.__aiter__()
     failure: BaseException | None = None
@@ -418,6 +456,8 @@ async def _observe_async(
 def _observe_sync(
     source: Iterable[T], obs: StreamObservation, count: Callable[[T], int] | None
 ) -> Generator[T, None, None]:
+    if obs._content is not None:
+        count = obs._capturing(count)
     obs.start()
     it = iter(source)
     failure: BaseException | None = None

@@ -184,8 +184,10 @@ class Telemetry:
             :class:`~ragobs.summary_stats.SummaryStats` by default.
         max_label_values: distinct values allowed per attribute before the
             rest are reported as ``_OTHER``.
-        capture_content: opt-in to put prompt / answer text on spans. Off by
-            default; ragobs never puts text in metrics.
+        capture_content: opt in to put the answer text of instrumented streams
+            on their spans (``gen_ai.output.messages``, at most 64 Ki characters;
+            str or bytes chunks). Off by default; ragobs never puts text in
+            metrics or labels, and never records prompts itself.
         exemplars: where latency and TTFT exemplars go instead of the SDK's
             reservoir (see :class:`ExemplarTable`). ``None`` (the default, and
             always for an application's own providers): the SDK takes them.

@@ -6,6 +6,7 @@ import asyncio
 import bisect
 import gc
 import inspect
+import json
 import random
 import time
 from collections.abc import AsyncGenerator, Generator
@@ -17,7 +18,13 @@ from opentelemetry.trace import StatusCode
 
 from ragobs import semconv
 from ragobs.stages import stage
-from ragobs.stream import error_type, instrument_stream, observe, observe_stream
+from ragobs.stream import (
+    CONTENT_LIMIT,
+    error_type,
+    instrument_stream,
+    observe,
+    observe_stream,
+)
 from ragobs.telemetry import ExemplarTable, Telemetry
 from tests.conftest import OTelHarness
 
@@ -461,3 +468,34 @@ def test_bad_stream_arguments() -> None:
         observe().tokens(-1)
     with pytest.raises(ValueError, match="input_tokens must be an int >= 0"):
         observe().set_usage(input_tokens=-2)
+
+
+async def test_answer_text_reaches_spans_only_when_the_user_opts_in(otel: OTelHarness) -> None:
+    async def answer() -> AsyncGenerator[str, None]:
+        for word in ("The ", "secret ", "answer"):
+            yield word
+
+    await consume(observe_stream(answer(), model="m", telemetry=otel.telemetry))
+    (plain,) = otel.spans()
+    assert semconv.OUTPUT_MESSAGES not in (plain.attributes or {})
+    everything = repr(plain.to_json()) + repr(otel.reader.get_metrics_data())
+    assert "secret" not in everything
+
+    opted = Telemetry(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider,
+                      capture_content=True)
+    await consume(observe_stream(answer(), model="m", telemetry=opted))
+
+    def words() -> Generator[bytes, None, None]:
+        yield b"caf\xc3\xa9 "
+        yield b"x" * (CONTENT_LIMIT + 10)
+
+    list(observe_stream(words(), model="m", telemetry=opted))
+    _, text_span, bytes_span = otel.spans()
+    messages = json.loads(str((text_span.attributes or {})[semconv.OUTPUT_MESSAGES]))
+    assert messages == [{"role": "assistant",
+                         "parts": [{"type": "text", "content": "The secret answer"}]}]
+    content = json.loads(str((bytes_span.attributes or {})[semconv.OUTPUT_MESSAGES]))
+    text = content[0]["parts"][0]["content"]
+    assert text.startswith("café x") and len(text) == CONTENT_LIMIT
+    # Metrics never carry text, opted in or not.
+    assert "secret" not in repr(otel.reader.get_metrics_data())
