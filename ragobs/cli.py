@@ -23,6 +23,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
+    return value
+
+
 def _rate(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -61,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="multiply every simulated delay (0.1 = 10x faster; default 1)")
     demo.add_argument("--summary-every", type=int, default=20,
                       help="print the dashboard every N requests (20; 0 = only at the end)")
-    demo.add_argument("--rate-limit", type=int, default=24,
+    demo.add_argument("--rate-limit", type=_positive_int, default=24,
                       help="provider rate limit: requests per --rate-window (24)")
     demo.add_argument("--rate-window", type=_positive_float, default=5.0,
                       help="rate-limit window in seconds, scaled by --time-scale (5)")

@@ -24,7 +24,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from typing import Any, TextIO
+from typing import Any, SupportsIndex, TextIO, overload
 
 from ragobs.stream import StreamObservation, _check_names, _observation
 from ragobs.summary_stats import Summary, SummaryStats
@@ -52,6 +52,22 @@ def _abandon(obs: StreamObservation) -> None:
     obs.finish(GeneratorExit())
 
 
+class RecentSessions(deque[Session]):
+    """The last ``maxlen`` finished sessions: a deque that also takes slices,
+    so seed code such as ``metrics.sessions[-10:]`` keeps working."""
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Session: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Session]: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> Session | list[Session]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        return super().__getitem__(index)
+
+
 class StreamingMetrics:
     """Seed-compatible session metrics with a terminal dashboard.
 
@@ -77,11 +93,12 @@ class StreamingMetrics:
         self._labels = (operation, provider, model)
         self._telemetry = telemetry
         self._stats = SummaryStats()
-        self._sessions: deque[Session] = deque(maxlen=keep_sessions)
+        self._sessions = RecentSessions(maxlen=keep_sessions)
 
     @property
-    def sessions(self) -> deque[Session]:
-        """The most recent finished sessions, oldest first."""
+    def sessions(self) -> RecentSessions:
+        """The most recent finished sessions, oldest first (a bounded deque
+        that also slices like the seed's list)."""
         return self._sessions
 
     def start_session(self) -> Session:

@@ -204,6 +204,9 @@ class Telemetry:
         exemplars: ExemplarTable | None = None,
     ) -> None:
         self.tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider)
+        if (not isinstance(max_label_values, int) or isinstance(max_label_values, bool)
+                or max_label_values < 1):
+            raise ValueError(f"max_label_values must be an int >= 1, got {max_label_values!r}")
         self.labels = LabelGuard(max_label_values)
         self.summary = summary if summary is not None else SummaryStats()
         self.capture_content = capture_content

@@ -82,6 +82,9 @@ def test_bad_flags_are_clear_errors() -> None:
     done = run("demo", "--failure-rate", "1.5")
     assert done.returncode == 2
     assert "must be in [0, 1]" in done.stderr
+    done = run("demo", "--rate-limit", "0")
+    assert done.returncode == 2
+    assert "--rate-limit: must be an int >= 1" in done.stderr
     done = run("demo", "--port", "70000")
     assert done.returncode == 2
     assert "port must be an int in 0..65535" in done.stderr

@@ -270,6 +270,8 @@ def test_cost_larger_than_capacity_is_a_clear_error(otel: OTelHarness) -> None:
         asyncio.run(limiter.acquire(6))
     with pytest.raises(TypeError, match="cost"):
         limiter.try_acquire(1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"cost must be an int in \[1, 5\].*got 0$"):
+        limiter.try_acquire(0)  # not "above the capacity", and no rejection counted
     assert otel.value(semconv.RATELIMIT_REJECTIONS.name, ragobs__ratelimit__reason="too_large") == 2
 
 

@@ -499,3 +499,9 @@ async def test_answer_text_reaches_spans_only_when_the_user_opts_in(otel: OTelHa
     assert text.startswith("café x") and len(text) == CONTENT_LIMIT
     # Metrics never carry text, opted in or not.
     assert "secret" not in repr(otel.reader.get_metrics_data())
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_max_label_values_names_the_argument(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"max_label_values must be an int >= 1"):
+        Telemetry(max_label_values=bad)  # type: ignore[arg-type]

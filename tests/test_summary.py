@@ -46,6 +46,8 @@ async def test_seed_test_2_runs_unchanged(otel: OTelHarness, capsys: pytest.Capt
     assert 0.01 <= float(ttft_line.removeprefix("Avg TTFT: ").rstrip("s")) < 0.5
     assert len(metrics.sessions) == 5
     assert metrics.sessions[3]["error"] == "Simulated error"
+    assert [s["error"] for s in metrics.sessions[-2:]] == [  # seed code slices the list
+        metrics.sessions[3]["error"], metrics.sessions[4]["error"]]
     assert all(s["first_token_time"] is not None for s in metrics.sessions)
     # The same sessions reached the OpenTelemetry instruments.
     assert otel.value(semconv.REQUESTS.name, ragobs__outcome="ok") == 4

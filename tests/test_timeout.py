@@ -455,8 +455,10 @@ def test_bad_stream_timeout_arguments(kwargs: dict[str, Any], error: type[Except
 @pytest.mark.parametrize(("total", "error"), [(0, ValueError), (-2, ValueError),
                                               (None, ValueError), ("3", TypeError)])
 async def test_bad_total_for_coroutines(total: Any, error: type[Exception]) -> None:
-    with pytest.raises(error, match="total must be a number > 0"):
+    with pytest.raises(error, match="total must be a number > 0") as caught:
         timeout(total=total)
+    if total is not None:  # None is refused: the message must not offer it
+        assert "or None" not in str(caught.value)
     coro = asyncio.sleep(0)
     with pytest.raises(error, match="total must be a number > 0"):
         await with_timeout(coro, total=total)

@@ -84,9 +84,9 @@ def check_cost(cost: object, capacity: int) -> int:
     if not isinstance(cost, int) or isinstance(cost, bool):
         raise TypeError(f"cost must be an int in [1, {capacity}], got {cost!r}")
     if not 1 <= cost <= capacity:
-        raise ValueError(
-            f"cost must be an int in [1, {capacity}] (max_requests), got {cost!r}: "
-            "a cost above the capacity could never be granted")
+        why = ": a cost above the capacity could never be granted" if cost > capacity else ""
+        raise ValueError(f"cost must be an int in [1, {capacity}] (max_requests), "
+                         f"got {cost!r}{why}")
     return cost
 
 

@@ -42,6 +42,7 @@ from ragobs.resilience._checks import (
     _check_telemetry,
     _default_name,
     _optional_positive,
+    _positive,
 )
 from ragobs.telemetry import Telemetry, get_telemetry
 
@@ -200,10 +201,9 @@ async def with_timeout(
 
 
 def _required_total(total: object) -> float:
-    limit = _optional_positive("total", total)
-    if limit is None:
+    if total is None:
         raise ValueError("total must be a number > 0 (finite), got None")
-    return limit
+    return _positive("total", total)
 
 
 @dataclass(frozen=True, slots=True)
