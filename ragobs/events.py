@@ -85,8 +85,14 @@ def emit(
     error: BaseException | None = None,
     level: int = logging.INFO,
     message: str | None = None,
+    details: bool = True,
 ) -> Event:
-    """Report one protective action on the span, the log and the hooks."""
+    """Report one protective action on the span, the log and the hooks.
+
+    The log line is ``message`` followed, unless ``details`` is False, by the
+    attributes; the record always carries ``ragobs_event``, ``trace_id`` and
+    ``ragobs_attributes`` for structured handlers.
+    """
     attrs = dict(attributes or {})
     span = trace.get_current_span()
     span_ctx = span.get_span_context()
@@ -99,15 +105,15 @@ def emit(
         span.add_event(kind, span_attrs)
     if logger.isEnabledFor(level):
         text = message or f"{kind} {name}"
-        details = " ".join(f"{k}={v}" for k, v in attrs.items())
+        shown = " ".join(f"{k}={v}" for k, v in attrs.items()) if details else ""
         logger.log(
             level,
             "%s%s%s",
             text,
-            f" ({details})" if details else "",
-            f" trace_id={trace_id}" if trace_id else "",
+            f" ({shown})" if shown else "",
+            f" trace_id={trace_id}" if trace_id and details else "",
             exc_info=error if error is not None and level >= logging.ERROR else None,
-            extra={"ragobs_event": kind, "trace_id": trace_id},
+            extra={"ragobs_event": kind, "trace_id": trace_id, "ragobs_attributes": attrs},
         )
     for hook in _hooks:
         try:

@@ -117,7 +117,7 @@ def _otlp_metric_reader() -> MetricReader | None:
     try:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     except ImportError:
-        logger.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not "
+        logger.warning("an OTLP metrics endpoint is set but the OTLP exporter is not "
                        "installed: pip install 'ragobs[otlp]'")
         return None
     return PeriodicExportingMetricReader(OTLPMetricExporter())
@@ -127,6 +127,8 @@ def _otlp_span_processor() -> BatchSpanProcessor | None:
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
+        logger.warning("an OTLP traces endpoint is set but the OTLP exporter is not "
+                       "installed: pip install 'ragobs[otlp]'")
         return None
     return BatchSpanProcessor(OTLPSpanExporter())
 

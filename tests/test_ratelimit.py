@@ -55,7 +55,9 @@ async def test_seed_test_1_three_per_five_seconds_with_a_manual_clock(
         await task
     assert times == [0.0, 0.0, 0.0, 5.0, 5.0]
     notices = [r.getMessage() for r in caplog.records if "Rate limit reached" in r.getMessage()]
-    assert notices and notices[0].startswith("Rate limit reached (3 requests/5s). Waiting 5.0s...")
+    assert notices == ["Rate limit reached (3 requests/5s). Waiting 5.0s..."]  # the seed's
+    (record,) = [r for r in caplog.records if r.getMessage() == notices[0]][:1]
+    assert record.ragobs_attributes["ratelimit.wait_s"] == 5.0  # details stay structured
 
 
 @pytest.mark.realtime

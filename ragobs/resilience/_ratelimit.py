@@ -136,7 +136,8 @@ class LimiterReport:
              {WAIT: estimate, COST: cost, LIMIT: self.limit, WINDOW: self.window},
              level=logging.WARNING,
              message=f"Rate limit reached ({self.limit} requests/{self.window:g}s). "
-                     f"Waiting {estimate:.1f}s...")
+                     f"Waiting {estimate:.1f}s...",
+             details=False)  # the seed's line, word for word
 
     def waited(self, seconds: float) -> None:
         """An acquisition granted after waiting ``seconds``."""
