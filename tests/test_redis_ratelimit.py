@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -503,3 +504,75 @@ def test_a_sync_client_is_refused() -> None:
 
     with pytest.raises(TypeError, match=r"redis must be a redis\.asyncio\.Redis"):
         RedisRateLimiter(3, 1.0, redis=redis.Redis())  # type: ignore[arg-type]
+
+
+# --- regressions found in review --------------------------------------------------
+
+
+async def test_has_capacity_never_inflates_the_shared_sum(
+        make: Callable[..., RedisRateLimiter], client: aioredis.Redis) -> None:
+    limiter = make(10, 0.4)
+    assert await limiter.try_acquire()
+    await asyncio.sleep(0.2)
+    assert await limiter.try_acquire()
+    await asyncio.sleep(0.25)  # the first grant expired, the second is held
+    assert await limiter.has_capacity(8)  # the peek expires one and rewrites the sum
+    assert await client.zcard(limiter.key) == 1
+    assert int(await client.get(f"{limiter.key}:sum")) == 1
+    # Nine more fit beside the one held: the peek took nothing.
+    assert [await limiter.try_acquire() for _ in range(10)] == [True] * 9 + [False]
+
+
+async def test_a_script_run_twice_counts_its_grants_once(
+        make: Callable[..., RedisRateLimiter], client: aioredis.Redis) -> None:
+    """The client retries after a lost reply: the same members come again."""
+    limiter = make(5, 5.0)
+    pairs = [("2:a:1", 2), ("1:a:2", 1)]
+    assert (await limiter._call((), pairs))[1] == 2
+    assert (await limiter._call((), pairs))[1] == 2  # the re-run grants them, once
+    assert await client.zcard(limiter.key) == 2
+    assert int(await client.get(f"{limiter.key}:sum")) == 3
+    assert [await limiter.try_acquire() for _ in range(3)] == [True, True, False]
+
+
+async def test_a_recounted_sum_expires_with_its_grants(
+        make: Callable[..., RedisRateLimiter], client: aioredis.Redis) -> None:
+    limiter = make(5, 0.3)
+    assert await limiter.try_acquire()
+    await client.delete(f"{limiter.key}:sum")  # evicted, say
+    assert await limiter.has_capacity()
+    assert int(await client.get(f"{limiter.key}:sum")) == 1
+    assert 0 < await client.pttl(f"{limiter.key}:sum") <= 300
+    await asyncio.sleep(0.35)
+    assert await client.exists(limiter.key, f"{limiter.key}:sum") == 0
+
+
+def test_a_second_event_loop_gets_a_working_limiter(redis_url: str) -> None:  # noqa: F811
+    limiter = RedisRateLimiter(2, 0.3, url=redis_url, key=f"test:{uuid.uuid4().hex}")
+
+    async def burst() -> list[float]:
+        try:
+            return [round(await limiter.acquire(), 1) for _ in range(3)]
+        finally:
+            await limiter.aclose()
+
+    for _ in range(3):  # three asyncio.run calls, one limiter
+        waits = asyncio.run(burst())
+        assert waits[:2] == [0.0, 0.0] and waits[2] >= 0.1
+        time.sleep(0.35)  # the window empties before the next loop starts
+
+
+async def test_a_users_client_from_another_loop_is_a_clear_error(
+        redis_url: str) -> None:  # noqa: F811
+    conn = aioredis.Redis.from_url(redis_url)
+    limiter = RedisRateLimiter(2, 1.0, redis=conn, key=f"test:{uuid.uuid4().hex}")
+    assert await limiter.try_acquire()
+
+    def elsewhere() -> None:
+        async def use() -> None:
+            await limiter.acquire()
+        asyncio.run(use())
+
+    with pytest.raises(RuntimeError, match=r"second event loop.*pass url="):
+        await asyncio.to_thread(elsewhere)
+    await conn.aclose()

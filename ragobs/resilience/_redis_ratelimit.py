@@ -21,14 +21,16 @@ Needs Redis >= 6.0 and redis-py >= 5 (the ``[redis]`` extra). Limits of the
 guarantee: a failover to a replica that had not yet received the latest
 grants forgets them (over-granting up to one window's worth once); Redis's
 clock stepping forward frees capacity early (a step back never does). Redis
-Cluster: put a hash tag in ``key``, e.g. ``"ragobs:ratelimit:{openai}"``, so
-both keys live in one slot.
+Cluster: a key of your own needs a hash tag, e.g. ``"ragobs:ratelimit:{openai}"``,
+so both keys live in one slot (the default key has one).
 
 Order: waiters in one process are served first come, first served: only the
 head of the local line talks to Redis (together with the waiters right behind
 it, in one script call that grants the longest prefix of the line that fits,
 never skipping ahead). Across processes the order is best effort: whichever
-process's head asks first after capacity frees up gets it. A waiter that is
+process's head asks first after capacity frees up gets it, so a large cost in
+one process can wait indefinitely behind a steady stream of small ones from
+another (give such a budget a limiter of its own, or a local limiter in front). A waiter that is
 cancelled or times out (``max_wait``) leaves the line at once and takes
 nothing; if the script granted it at that very moment, the grant is removed
 from Redis (``ZREM``) on the next call. The wait notice (the seed's "Rate limit
@@ -134,15 +136,16 @@ local newest = redis.call('ZRANGE', grants, -1, -1, 'WITHSCORES')
 if newest[2] and tonumber(newest[2]) > now then now = tonumber(newest[2]) end
 local function cost_of(member) return tonumber(string.match(member, '^(%d+):')) end
 
-local used = 0
+local used, recounted = 0, false
 if redis.call('EXISTS', grants) == 1 then
   used = tonumber(redis.call('GET', sums))
   if used == nil then  -- the sum was lost (evicted, deleted): recount
     used = 0
     for _, m in ipairs(redis.call('ZRANGE', grants, 0, -1)) do used = used + cost_of(m) end
+    recounted = true
   end
 end
-local changed = false
+local changed = recounted
 for i = 5, 4 + nvoid do
   if redis.call('ZREM', grants, ARGV[i]) == 1 then
     used = used - cost_of(ARGV[i])
@@ -159,14 +162,20 @@ if #expired > 0 then
 end
 if used < 0 then used = 0 end
 
-local granted, wait = 0, 0
+-- What this call takes is kept apart from ``used`` so that a peek (which
+-- takes nothing) never inflates the stored sum.
+local granted, wait, taken = 0, 0, 0
 local i = 5 + nvoid
 local stamp = string.format('%.0f', now)
 while i < #ARGV do
   local cost = tonumber(ARGV[i + 1])
-  if used + cost > limit then
+  -- A member already present was granted by an earlier run of this same call
+  -- (the client retried after losing the reply): it is counted once.
+  local held = (not peek) and redis.call('ZSCORE', grants, ARGV[i])
+  if held then cost = 0 end
+  if used + taken + cost > limit then
     -- Walk the oldest grants until enough of them would have expired.
-    local excess = used + cost - limit
+    local excess = used + taken + cost - limit
     wait = window  -- only if the sum overstates the members: all expire by then
     local first = 0
     while excess > 0 do
@@ -183,18 +192,22 @@ while i < #ARGV do
     end
     break
   end
-  if not peek then redis.call('ZADD', grants, stamp, ARGV[i]) end
-  used = used + cost
+  if not peek and not held then redis.call('ZADD', grants, stamp, ARGV[i]) end
+  taken = taken + cost
   granted = granted + 1
   i = i + 2
 end
 
 if granted > 0 and not peek then
+  used = used + taken
   local ttl = math.ceil(window / 1000)
   redis.call('SET', sums, used, 'PX', ttl)
   redis.call('PEXPIRE', grants, ttl)
 elseif changed then
-  if used > 0 then redis.call('SET', sums, used, 'KEEPTTL') else redis.call('DEL', sums) end
+  -- Never a sum without the expiry of the grants it counts.
+  local pttl = redis.call('PTTL', grants)
+  if used > 0 and pttl > 0 then redis.call('SET', sums, used, 'PX', pttl)
+  else redis.call('DEL', sums) end
 end
 return {now, granted, math.ceil(wait / 1000)}
 """
@@ -229,7 +242,8 @@ class RedisRateLimiter(LimiterForms):
         redis: a ``redis.asyncio.Redis`` client (not closed by the limiter), or
         url: a Redis URL; the limiter then owns its client (``aclose()``) and
             sets its socket timeouts to ``backend_timeout``. Exactly one of the two.
-        key: the sorted set's key (default ``"ragobs:ratelimit:<name>"``);
+        key: the sorted set's key (default ``"ragobs:ratelimit:{<name>}"``, whose
+            hash tag keeps both keys in one Redis Cluster slot);
             ``<key>:sum`` is used too.
         name: reported as ``ragobs.name`` (default ``"ratelimit"``).
         on_unavailable: ``"closed"`` (default: raise
@@ -244,9 +258,10 @@ class RedisRateLimiter(LimiterForms):
     One limiter serves one event loop (its Redis client is bound to it).
     """
 
-    __slots__ = ("_blocked", "_clock", "_down_until", "_driver", "_keys", "_last_error",
-                 "_line", "_owns_client", "_queued", "_redis", "_redis_errors", "_report",
-                 "_retry_at", "_script", "_seq", "_telemetry", "_token", "_unnoticed", "_voids",
+    __slots__ = ("_blocked", "_clock", "_down_until", "_driver", "_in_flight", "_keys",
+                 "_last_error", "_line", "_loop", "_owns_client", "_queued", "_redis",
+                 "_redis_errors", "_report", "_retry_at", "_script", "_seq", "_stale_errors",
+                 "_telemetry", "_token", "_unnoticed", "_url", "_voids",
                  "_wake", "_window_us", "backend_timeout", "key", "max_requests", "name",
                  "on_unavailable", "retry_backend_after", "window_seconds")
 
@@ -257,8 +272,7 @@ class RedisRateLimiter(LimiterForms):
                  clock: Clock | None = None, telemetry: Telemetry | None = None) -> None:
         try:
             from redis.asyncio import Redis as AsyncRedis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
             from redis.exceptions import RedisError
         except ImportError as exc:  # pragma: no cover - the [redis] extra is missing
             raise ImportError("RedisRateLimiter needs redis-py >= 5: "
@@ -275,7 +289,7 @@ class RedisRateLimiter(LimiterForms):
                              f"got {retry_backend_after!r}")
         self.retry_backend_after = after
         if key is None:
-            key = f"ragobs:ratelimit:{self.name}"
+            key = f"ragobs:ratelimit:{{{self.name}}}"  # hash tag: one Cluster slot
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty str or None, got {key!r}")
         self.key = key
@@ -287,18 +301,19 @@ class RedisRateLimiter(LimiterForms):
             # One immediate retry covers a pooled connection that went stale
             # when Redis restarted; redis-py's default backoff would outlast
             # backend_timeout.
-            client = AsyncRedis.from_url(url, socket_timeout=self.backend_timeout,
-                                         socket_connect_timeout=self.backend_timeout,
-                                         retry=Retry(NoBackoff(), 1))
+            client = self._connect(url)
         elif isinstance(redis, AsyncRedis):
             client = redis
         else:
             raise TypeError(f"redis must be a redis.asyncio.Redis client, got {redis!r}")
         self._redis: Redis = client
+        self._url = url
         self._owns_client = url is not None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._script: AsyncScript = client.register_script(_SCRIPT)
         self._keys = (key, f"{key}:sum")
         self._redis_errors: tuple[type[BaseException], ...] = (RedisError, OSError)
+        self._stale_errors: tuple[type[BaseException], ...] = (RedisConnectionError,)
         self._window_us = max(1, round(self.window_seconds * 1_000_000))
         self._clock = _check_clock(clock)
         self._telemetry = _check_telemetry(telemetry)
@@ -312,6 +327,7 @@ class RedisRateLimiter(LimiterForms):
         self._blocked = False  # the head was refused and waits for capacity
         self._retry_at = 0.0
         self._voids: collections.deque[tuple[str, float]] = collections.deque()
+        self._in_flight: list[_Waiter] = []  # the batch of the script call under way
         self._driver: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._down_until = -math.inf
@@ -332,6 +348,42 @@ class RedisRateLimiter(LimiterForms):
         waited, _ = await self._acquire(cost, max_wait)
         return waited
 
+    def _connect(self, url: str) -> Redis:
+        from redis.asyncio import Redis as AsyncRedis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # One immediate retry covers a pooled connection that went stale when
+        # Redis restarted; redis-py's default backoff would outlast backend_timeout.
+        client: Redis = AsyncRedis.from_url(url, socket_timeout=self.backend_timeout,
+                                            socket_connect_timeout=self.backend_timeout,
+                                            retry=Retry(NoBackoff(), 1))
+        return client
+
+    def _bind_loop(self) -> None:
+        """Tie the limiter to the running event loop; a later loop (a second
+        ``asyncio.run``) gets fresh loop-bound state, and a client of its own
+        when the limiter owns it."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            if not self._owns_client:
+                raise RuntimeError(
+                    f"RedisRateLimiter {self.name!r} is used from a second event loop, but "
+                    "its redis client belongs to the first: pass url= (the limiter then "
+                    "makes a client per loop) or a client created in this loop")
+            assert self._url is not None  # owned clients come from url=
+            self._redis = self._connect(self._url)
+            self._script = self._redis.register_script(_SCRIPT)
+            self._line.clear()
+            self._unnoticed.clear()
+            self._queued = 0
+            self._blocked = False
+            self._driver = None
+            self._wake = asyncio.Event()
+        self._loop = loop
+
     async def try_acquire(self, cost: int = 1) -> bool:
         """Take ``cost`` now if it fits and nobody in this process is waiting.
 
@@ -341,6 +393,7 @@ class RedisRateLimiter(LimiterForms):
         when failing closed.
         """
         cost = self._checked(cost)
+        self._bind_loop()
         if self._queued:
             self._report.rejected(REASON_NO_CAPACITY, cost)
             return False
@@ -372,6 +425,7 @@ class RedisRateLimiter(LimiterForms):
         """Whether ``try_acquire(cost)`` would succeed now (one Redis round
         trip, takes nothing). Redis unreachable: ``on_unavailable == "open"``."""
         cost = check_cost(cost, self.max_requests)
+        self._bind_loop()
         if self._queued:
             return False
         if self._down_until > self._clock.now():
@@ -389,7 +443,13 @@ class RedisRateLimiter(LimiterForms):
         return self._queued
 
     async def aclose(self) -> None:
-        """Close the Redis client if the limiter created it (``url=``)."""
+        """Stop the driver task, and close the Redis client if the limiter
+        created it (``url=``)."""
+        driver = self._driver
+        if driver is not None and not driver.done() \
+                and driver.get_loop() is asyncio.get_running_loop():
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
         if self._owns_client:
             await self._redis.aclose()
 
@@ -412,6 +472,7 @@ class RedisRateLimiter(LimiterForms):
         (None when granted without Redis)."""
         cost = self._checked(cost)
         max_wait = _optional_positive("max_wait", max_wait)
+        self._bind_loop()
         clock = self._clock
         start = clock.now()
         if self._down_until > start:  # Redis failed a moment ago: do not wait on it again
@@ -438,7 +499,9 @@ class RedisRateLimiter(LimiterForms):
                 self._backend_error("closed", cost, exc.__cause__ or exc)
                 self._report.rejected(REASON_BACKEND_UNAVAILABLE, cost, waited=waited, error=exc)
             else:
-                reason = REASON_TIMEOUT if isinstance(exc, RateLimitTimeout) else REASON_CANCELLED
+                reason = (REASON_TIMEOUT if isinstance(exc, RateLimitTimeout)
+                          else REASON_BACKEND_UNAVAILABLE if isinstance(exc, Exception)
+                          else REASON_CANCELLED)
                 self._report.rejected(reason, cost, waited=waited,
                                       error=exc if isinstance(exc, Exception) else None)
             raise
@@ -488,10 +551,17 @@ class RedisRateLimiter(LimiterForms):
         self._dequeue(waiter)
 
     def _void(self, member: str) -> None:
-        """Give a grant back: removed from Redis by the next script call."""
+        """Give a grant back: removed from Redis by the next script call.
+
+        A driver is started for it only while others wait (they gain from the
+        capacity). With nobody waiting the grant goes with the next call, or
+        expires with its window: no task is started that a shutting-down
+        loop could leave pending.
+        """
         self._voids.append((member, self._clock.now()))
         self._wake.set()
-        self._ensure_driver()
+        if self._queued:
+            self._ensure_driver()
 
     def _void_if_granted(self, member: str, call: asyncio.Future[tuple[int, int, int]]) -> None:
         if not call.cancelled() and call.exception() is None and call.result()[1]:
@@ -500,9 +570,12 @@ class RedisRateLimiter(LimiterForms):
     # -- the driver: the one task that asks Redis for the head of the line -------
 
     def _ensure_driver(self) -> None:
-        if self._driver is None:
+        loop = asyncio.get_running_loop()
+        driver = self._driver
+        # A driver left behind by a loop that was shut down is replaced.
+        if driver is None or driver.done() or driver.get_loop() is not loop:
             # An empty context: the driver serves every caller, not the first one.
-            self._driver = asyncio.get_running_loop().create_task(
+            self._driver = loop.create_task(
                 self._drive(), name=f"ragobs-ratelimit-{self.name}",
                 context=contextvars.Context())
 
@@ -519,6 +592,7 @@ class RedisRateLimiter(LimiterForms):
                     return
                 batch = list(itertools.islice((w for w in line if w.queued), _BATCH))
                 self._wake.clear()
+                self._in_flight = batch
                 try:
                     now_us, granted, wait_ms = await self._call(
                         voids, [(w.member, w.cost) for w in batch])
@@ -529,6 +603,7 @@ class RedisRateLimiter(LimiterForms):
                         self._voids.extend((w.member, clock.now()) for w in batch)
                     self._fail_line(exc)
                     return
+                self._in_flight = []
                 for waiter in batch[:granted]:
                     if waiter.future.done():  # left while the call was in flight
                         self._voids.append((waiter.member, clock.now()))
@@ -560,6 +635,7 @@ class RedisRateLimiter(LimiterForms):
         finally:
             self._driver = None
             self._blocked = False
+            self._in_flight = []
 
     async def _call(self, voids: Sequence[str], requests: Sequence[tuple[str, int]], *,
                     peek: bool = False) -> tuple[int, int, int]:
@@ -570,7 +646,12 @@ class RedisRateLimiter(LimiterForms):
             args += (member, cost)
         try:
             async with asyncio.timeout(self.backend_timeout):
-                reply = await self._script(keys=self._keys, args=args, client=self._redis)
+                try:
+                    reply = await self._script(keys=self._keys, args=args, client=self._redis)
+                except self._stale_errors:
+                    # A pooled connection gone stale (Redis restarted): ask once
+                    # more. Safe: a call that already ran grants nothing twice.
+                    reply = await self._script(keys=self._keys, args=args, client=self._redis)
         except TimeoutError as exc:  # asyncio's says nothing; say what timed out
             raise TimeoutError(
                 f"no answer from Redis within {self.backend_timeout:g} s") from exc
@@ -634,6 +715,9 @@ class RedisRateLimiter(LimiterForms):
 
     def _crash(self, exc: BaseException) -> None:
         """The driver died of something unexpected: nobody may wait forever."""
+        # A call cut short may have granted its batch: give those grants back.
+        now = self._clock.now()
+        self._voids.extend((w.member, now) for w in self._in_flight)
         if isinstance(exc, Exception):
             logging.getLogger("ragobs").error("rate limit %s: driver failed", self.name,
                                               exc_info=exc)
