@@ -417,3 +417,19 @@ async def test_uncontended_counts_survive_the_limiter(otel: OTelHarness) -> None
     again = RateLimiter(max_requests=100, window_seconds=1, telemetry=otel.telemetry, name="g")
     assert again.try_acquire()
     assert otel.value(name, ragobs__name="g", ragobs__ratelimit__waited="false") == 31
+
+
+async def test_waiters_that_leave_behind_a_waiting_head_do_not_pile_up() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(max_requests=1, window_seconds=60, clock=clock)
+    await limiter.acquire()
+    head = asyncio.create_task(limiter.acquire())
+    await clock.advance(0)
+    for _ in range(10):  # waves of short-lived waiters that all time out
+        wave = [asyncio.create_task(limiter.acquire(max_wait=0.5)) for _ in range(200)]
+        await clock.advance(0.5)
+        assert all(isinstance(t.exception(), RateLimitTimeout) for t in wave)
+    assert limiter.waiting == 1
+    assert len(limiter._waiters) <= 2 * 64 + 2  # pruned, not 2001
+    await clock.advance(60)
+    assert head.done() and head.result() == pytest.approx(60.0)  # queued at 0, served at 60

@@ -576,3 +576,18 @@ async def test_a_users_client_from_another_loop_is_a_clear_error(
     with pytest.raises(RuntimeError, match=r"second event loop.*pass url="):
         await asyncio.to_thread(elsewhere)
     await conn.aclose()
+
+
+async def test_waiters_that_leave_behind_a_blocked_head_do_not_pile_up(
+        make: Callable[..., RedisRateLimiter]) -> None:
+    limiter = make(1, 30.0)
+    await limiter.acquire()
+    head = asyncio.create_task(limiter.acquire())  # waits ~30 s for capacity
+    await asyncio.sleep(0.05)
+    results = await asyncio.gather(*(limiter.acquire(max_wait=0.02) for _ in range(2000)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, RateLimitTimeout) for r in results)
+    assert limiter.waiting == 1
+    assert len(limiter._line) <= 2 * 64 + 2  # pruned, not 2001
+    head.cancel()
+    await asyncio.gather(head, return_exceptions=True)

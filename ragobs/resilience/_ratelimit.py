@@ -306,6 +306,22 @@ class LimiterForms:
                         f"functions, got {fn!r}")
 
 
+#: Waiters that left are dropped from the middle of a line once they outnumber
+#: this and the live ones, so a head that waits long keeps the line bounded.
+_PRUNE_AT: Final = 64
+
+
+def prune_departed(line: collections.deque[Any], departed: int) -> int:
+    """Drop the waiters no longer ``queued`` from ``line`` (in place) once they
+    are most of it; returns the departed count still in the line."""
+    if departed > _PRUNE_AT and 2 * departed > len(line):
+        live = [w for w in line if w.queued]
+        line.clear()
+        line.extend(live)
+        return 0
+    return departed
+
+
 def checked_cost(cost: object, capacity: int, report: LimiterReport) -> int:
     """:func:`check_cost`, counting a cost above the capacity as a rejection."""
     try:
@@ -343,8 +359,9 @@ class RateLimiter(LimiterForms):
     coroutine or async generator function, or ``limiter.try_acquire()``.
     """
 
-    __slots__ = ("_clock", "_now", "_queued_cost", "_report", "_strategy", "_timer", "_timer_at",
-                 "_waiters", "max_requests", "name", "strategy", "window_seconds")
+    __slots__ = ("_clock", "_departed", "_now", "_queued_cost", "_report", "_strategy",
+                 "_timer", "_timer_at", "_waiters", "max_requests", "name", "strategy",
+                 "window_seconds")
 
     def __init__(self, max_requests: int = 10, window_seconds: float = 60.0, *,
                  strategy: Strategy = "sliding_window", name: str | None = None,
@@ -365,6 +382,7 @@ class RateLimiter(LimiterForms):
             if strategy == "sliding_window"
             else _TokenBucket(self.max_requests, self.window_seconds, self._clock.now()))
         self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._departed = 0  # waiters that left but are still in the deque
         self._queued_cost = 0
         self._timer: Cancellable | None = None
         self._timer_at = math.inf
@@ -463,20 +481,28 @@ class RateLimiter(LimiterForms):
 
     def _time_out(self, waiter: _Waiter, timeout: float) -> None:
         if not waiter.future.done():
-            self._dequeue(waiter)
+            self._depart(waiter)
             waiter.future.set_exception(RateLimitTimeout(self.name, timeout))
             self._drain()
 
-    def _dequeue(self, waiter: _Waiter) -> None:
-        if waiter.queued:
-            waiter.queued = False
-            self._queued_cost -= waiter.cost
+    def _dequeue(self, waiter: _Waiter) -> bool:
+        if not waiter.queued:
+            return False
+        waiter.queued = False
+        self._queued_cost -= waiter.cost
+        return True
+
+    def _depart(self, waiter: _Waiter) -> None:
+        """An ungranted waiter leaves the line (it stays in the deque until pruned)."""
+        if self._dequeue(waiter):
+            self._departed = prune_departed(self._waiters, self._departed + 1)
 
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiter left (cancelled or timed out): take back whatever it holds."""
         if waiter.grant is not None:  # granted, but cancelled before it could resume
             self._strategy.give_back(waiter.grant, waiter.cost)
-        self._dequeue(waiter)
+        else:
+            self._depart(waiter)
         self._drain()
 
     def _drain(self) -> None:
@@ -487,8 +513,9 @@ class RateLimiter(LimiterForms):
         now = self._clock.now()
         while waiters:
             head = waiters[0]
-            if not head.queued:
+            if not head.queued:  # granted ones are popped below: this one departed
                 waiters.popleft()
+                self._departed -= 1
                 continue
             grant = strategy.try_take(now, head.cost)
             if grant is None:

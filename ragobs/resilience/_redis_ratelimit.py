@@ -95,6 +95,7 @@ from ragobs.resilience._ratelimit import (
     check_cost,
     check_limits,
     checked_cost,
+    prune_departed,
 )
 from ragobs.telemetry import Telemetry, get_telemetry
 
@@ -218,7 +219,7 @@ _Grant = tuple[int | None, BaseException | None]
 
 
 class _Waiter:
-    __slots__ = ("context", "cost", "future", "member", "noticed", "queued")
+    __slots__ = ("context", "cost", "departed", "future", "member", "noticed", "queued")
 
     def __init__(self, cost: int, member: str, future: asyncio.Future[_Grant]) -> None:
         self.cost = cost
@@ -228,6 +229,7 @@ class _Waiter:
         self.context = contextvars.copy_context()
         self.queued = True
         self.noticed = False  # the wait notice was emitted: this acquisition waited
+        self.departed = False  # left the line ungranted (cancelled or timed out)
 
 
 class RedisRateLimiter(LimiterForms):
@@ -258,8 +260,8 @@ class RedisRateLimiter(LimiterForms):
     One limiter serves one event loop (its Redis client is bound to it).
     """
 
-    __slots__ = ("_blocked", "_clock", "_down_until", "_driver", "_in_flight", "_keys",
-                 "_last_error", "_line", "_loop", "_owns_client", "_queued", "_redis",
+    __slots__ = ("_blocked", "_clock", "_departed", "_down_until", "_driver", "_in_flight",
+                 "_keys", "_last_error", "_line", "_loop", "_owns_client", "_queued", "_redis",
                  "_redis_errors", "_report", "_retry_at", "_script", "_seq", "_stale_errors",
                  "_telemetry", "_token", "_unnoticed", "_url", "_voids",
                  "_wake", "_window_us", "backend_timeout", "key", "max_requests", "name",
@@ -322,6 +324,7 @@ class RedisRateLimiter(LimiterForms):
         self._token = os.urandom(8).hex()  # makes members unique across processes
         self._seq = itertools.count()
         self._line: collections.deque[_Waiter] = collections.deque()
+        self._departed = 0  # waiters that left ungranted but are still in the line
         self._queued = 0
         self._unnoticed: list[_Waiter] = []
         self._blocked = False  # the head was refused and waits for capacity
@@ -377,6 +380,7 @@ class RedisRateLimiter(LimiterForms):
             self._redis = self._connect(self._url)
             self._script = self._redis.register_script(_SCRIPT)
             self._line.clear()
+            self._departed = 0
             self._unnoticed.clear()
             self._queued = 0
             self._blocked = False
@@ -527,15 +531,23 @@ class RedisRateLimiter(LimiterForms):
                 return queued is waiter
         return False
 
-    def _dequeue(self, waiter: _Waiter) -> None:
-        if waiter.queued:
-            waiter.queued = False
-            self._queued -= 1
+    def _dequeue(self, waiter: _Waiter) -> bool:
+        if not waiter.queued:
+            return False
+        waiter.queued = False
+        self._queued -= 1
+        return True
+
+    def _depart(self, waiter: _Waiter) -> None:
+        """An ungranted waiter leaves the line (it stays in it until pruned)."""
+        if self._dequeue(waiter):
+            waiter.departed = True
+            self._departed = prune_departed(self._line, self._departed + 1)
 
     def _time_out(self, waiter: _Waiter, timeout: float) -> None:
         if not waiter.future.done():
             head = self._is_head(waiter)
-            self._dequeue(waiter)
+            self._depart(waiter)
             waiter.future.set_exception(RateLimitTimeout(self.name, timeout))
             if head:  # the next one may fit now
                 self._wake.set()
@@ -548,7 +560,7 @@ class RedisRateLimiter(LimiterForms):
             self._void(waiter.member)  # granted, but cancelled before it could resume
         if self._is_head(waiter):
             self._wake.set()
-        self._dequeue(waiter)
+        self._depart(waiter)
 
     def _void(self, member: str) -> None:
         """Give a grant back: removed from Redis by the next script call.
@@ -585,7 +597,8 @@ class RedisRateLimiter(LimiterForms):
         try:
             while True:
                 while line and not line[0].queued:
-                    line.popleft()
+                    if line.popleft().departed:
+                        self._departed -= 1
                 voids = self._take_voids()
                 if not line and not voids:
                     self._unnoticed.clear()
@@ -687,6 +700,7 @@ class RedisRateLimiter(LimiterForms):
                 else:
                     waiter.future.set_exception(self._closed_error(error))
         self._line.clear()
+        self._departed = 0
         self._unnoticed.clear()
 
     def _unavailable(self, cost: int, error: BaseException | None) -> None:
@@ -729,4 +743,5 @@ class RedisRateLimiter(LimiterForms):
                 else:
                     waiter.future.cancel()
         self._line.clear()
+        self._departed = 0
         self._unnoticed.clear()
