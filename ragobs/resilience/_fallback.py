@@ -30,6 +30,7 @@ from ragobs.resilience._checks import (
     _default_name,
     _describe,
     _exception_filter,
+    _Named,
 )
 from ragobs.resilience._retry import ExceptionFilter, _close
 from ragobs.stream import error_type
@@ -50,7 +51,7 @@ Message = str | Callable[[BaseException], Any]
 _LEVELS: Final = (logging.WARNING, logging.ERROR, logging.CRITICAL)
 
 
-class _Recovery:
+class _Recovery(_Named):
     """Validated settings of one wrapper, and what it does with a failure."""
 
     __slots__ = ("level", "message", "name", "recoverable", "telemetry")
@@ -68,15 +69,6 @@ class _Recovery:
         self.level: int = level
         self.name = _check_name(name)
         self.telemetry = _check_telemetry(telemetry)
-
-    def named(self, name: str) -> _Recovery:
-        if self.name is not None:
-            return self
-        clone = object.__new__(_Recovery)
-        for slot in _Recovery.__slots__:
-            setattr(clone, slot, getattr(self, slot))
-        clone.name = name
-        return clone
 
     def recovers(self, exc: Exception) -> bool:
         return self.recoverable is None or self.recoverable(exc)

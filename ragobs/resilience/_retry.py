@@ -58,6 +58,7 @@ from ragobs.resilience._checks import (
     _describe,
     _exception_filter,
     _in_range,
+    _Named,
     _number,
     _optional_positive,
     _positive,
@@ -310,7 +311,7 @@ class RetryBudget:
 # --- the policy ------------------------------------------------------------
 
 
-class _Policy:
+class _Policy(_Named):
     """Validated settings of one wrapper, and the decision after a failure."""
 
     __slots__ = ("attempts", "budget", "clock", "deadline", "initial", "jitter", "max_delay",
@@ -347,15 +348,6 @@ class _Policy:
         if not callable(rng):
             raise TypeError(f"rng must be a callable returning a float in [0, 1), got {rng!r}")
         self.rng: Callable[[], float] = rng
-
-    def named(self, name: str) -> _Policy:
-        if self.name is not None:
-            return self
-        clone = object.__new__(_Policy)
-        for slot in _Policy.__slots__:
-            setattr(clone, slot, getattr(self, slot))
-        clone.name = name
-        return clone
 
     def delay(self, attempt: int, exc: BaseException) -> tuple[float, float | None]:
         """(wait before attempt ``attempt + 1``, the server's Retry-After if any)."""
