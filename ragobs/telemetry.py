@@ -103,6 +103,16 @@ class CounterTable:
         wanted = {(k.replace("__", "."), v) for k, v in match.items()}
         return sum(v for key, v in self.snapshot().items() if wanted.issubset(key))
 
+    def totals_by(self, attribute: str) -> dict[str, int]:
+        """Sums per value of ``attribute`` (attribute sets without it are left
+        out), from one snapshot."""
+        sums: dict[str, int] = {}
+        for key, value in self.snapshot().items():
+            for name, label in key:
+                if name == attribute:
+                    sums[label] = sums.get(label, 0) + value
+        return sums
+
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         for key, value in self.snapshot().items():
             yield Observation(value, dict(key))

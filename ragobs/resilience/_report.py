@@ -7,19 +7,21 @@ from ragobs.telemetry import Telemetry
 
 
 def resilience_counts(telemetry: Telemetry) -> dict[str, int]:
-    """Totals since start: rate-limit waits, retries, timeouts by kind, fallbacks."""
-    acquisitions = telemetry.counter(semconv.RATELIMIT_ACQUISITIONS)
-    timeouts = telemetry.counter(semconv.TIMEOUTS)
+    """Totals since start: rate-limit waits, retries, timeouts by kind, fallbacks
+    (one snapshot of each counter table)."""
+    acquisitions = telemetry.counter(semconv.RATELIMIT_ACQUISITIONS).totals_by(
+        semconv.RATELIMIT_WAITED)
+    timeouts = telemetry.counter(semconv.TIMEOUTS).totals_by(semconv.TIMEOUT_KIND)
     return {
-        "ratelimit_acquisitions": acquisitions.total(),
-        "ratelimit_waits": acquisitions.total(ragobs__ratelimit__waited="true"),
+        "ratelimit_acquisitions": sum(acquisitions.values()),
+        "ratelimit_waits": acquisitions.get("true", 0),
         "ratelimit_rejections": telemetry.counter(semconv.RATELIMIT_REJECTIONS).total(),
         "retries": telemetry.counter(semconv.RETRY_ATTEMPTS).total(),
         "retries_exhausted": telemetry.counter(semconv.RETRY_EXHAUSTED).total(),
-        "timeouts": timeouts.total(),
-        "timeouts_first_token": timeouts.total(ragobs__timeout__kind="first_token"),
-        "timeouts_idle": timeouts.total(ragobs__timeout__kind="idle"),
-        "timeouts_total": timeouts.total(ragobs__timeout__kind="total"),
+        "timeouts": sum(timeouts.values()),
+        "timeouts_first_token": timeouts.get("first_token", 0),
+        "timeouts_idle": timeouts.get("idle", 0),
+        "timeouts_total": timeouts.get("total", 0),
         "fallbacks": telemetry.counter(semconv.FALLBACKS).total(),
     }
 
