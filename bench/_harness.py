@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,6 +13,18 @@ from prometheus_client import CollectorRegistry
 
 from ragobs.exposition import PrometheusReader
 from ragobs.telemetry import Telemetry
+
+
+async def source(n: int) -> AsyncGenerator[str, None]:
+    """``n`` one-token chunks, as fast as the loop goes."""
+    for _ in range(n):
+        yield "tok"
+
+
+async def bare(stream: AsyncIterable[str]) -> AsyncGenerator[str, None]:
+    """The baseline of every stream wrapper: a plain pass-through."""
+    async for chunk in stream:
+        yield chunk
 
 
 def production_like() -> tuple[Telemetry, TracerProvider, MeterProvider]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import tenacity
 
-from bench._harness import line, paired, production_like
+from bench._harness import bare, line, paired, production_like, source
 from ragobs.resilience._retry import is_retryable, retry, retry_stream
 from ragobs.resilience._timeout import stream_timeout
 
@@ -29,16 +29,6 @@ ASYNCIO_CHUNKS = 20_000
 
 async def answer() -> int:
     return 42
-
-
-async def source(n: int) -> AsyncGenerator[str, None]:
-    for _ in range(n):
-        yield "tok"
-
-
-async def bare(stream: AsyncIterable[str]) -> AsyncGenerator[str, None]:
-    async for chunk in stream:
-        yield chunk
 
 
 async def asyncio_idle(stream: AsyncIterable[str], idle: float) -> AsyncGenerator[str, None]:

@@ -13,7 +13,6 @@ the SDK's reservoir takes the exemplars.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -22,7 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from bench._harness import line, paired, production_like
+from bench._harness import bare, line, paired, production_like, source
 from ragobs import semconv
 from ragobs.runtime import setup
 from ragobs.stream import observe_stream
@@ -34,16 +33,6 @@ ATTRS = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
          "gen_ai.request.model": "gpt-4o", "ragobs.outcome": "ok"}
 SPAN_ATTRS = {k: v for k, v in ATTRS.items() if k != semconv.OUTCOME}
 TOKEN_ATTRS = {**ATTRS, semconv.TOKEN_TYPE: "output"}
-
-
-async def source(n: int) -> AsyncGenerator[str, None]:
-    for _ in range(n):
-        yield "tok"
-
-
-async def bare(stream: AsyncIterable[str]) -> AsyncGenerator[str, None]:
-    async for t in stream:
-        yield t
 
 
 def run_async(coro_fn: Any) -> float:
