@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
-from ragobs.stream import error_type
+from ragobs._classify import error_type
 
 logger = logging.getLogger("ragobs")
 

@@ -24,10 +24,20 @@ ERROR_TYPE: Final = "error.type"
 USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
+REQUEST_STREAM: Final = "gen_ai.request.stream"
+RESPONSE_MODEL: Final = "gen_ai.response.model"
+RESPONSE_ID: Final = "gen_ai.response.id"
+RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 #: Opt-in only (``capture_content=True``): the answer text, as GenAI semconv messages.
 OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
 
 OUTCOME: Final = "ragobs.outcome"
+#: Where a stream's token figures came from: ``provider`` (the usage the
+#: stream reported) or ``counted`` (chunks that carried output).
+USAGE_SOURCE: Final = "ragobs.usage.source"
 STAGE: Final = "ragobs.stage"
 NAME: Final = "ragobs.name"
 RATELIMIT_REASON: Final = "ragobs.ratelimit.reason"

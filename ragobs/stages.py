@@ -29,8 +29,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from ragobs import semconv
+from ragobs._classify import classify, error_type
 from ragobs.semconv import Outcome
-from ragobs.stream import classify, error_type
 from ragobs.telemetry import Telemetry, get_telemetry
 
 P = ParamSpec("P")

@@ -24,27 +24,37 @@ the stream reports its end.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Generator, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+)
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, overload
+from typing import Any, Final, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from ragobs import semconv
+from ragobs._classify import classify, error_type
+from ragobs._sources import aclose_source, aopen, close_source, open_sync
+from ragobs.chunks import ChunkReader, reader_for, readers
 from ragobs.semconv import Outcome
 from ragobs.summary_stats import SummaryStats
 from ragobs.telemetry import ExemplarSeries, Telemetry, get_telemetry
 
 T = TypeVar("T")
-P = ParamSpec("P")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _perf = time.perf_counter
 #: Passed as the context of records that take no exemplar from the SDK (no
@@ -53,26 +63,6 @@ _perf = time.perf_counter
 _NO_EXEMPLAR = Context()
 _attach = otel_context.attach
 _detach = otel_context.detach
-
-
-def classify(exc: BaseException | None) -> Outcome:
-    """The outcome of a request that ended with ``exc`` (``None``: success)."""
-    if exc is None:
-        return Outcome.OK
-    if isinstance(exc, (GeneratorExit, KeyboardInterrupt, asyncio.CancelledError)):
-        return Outcome.CANCELLED
-    if isinstance(exc, TimeoutError):
-        return Outcome.TIMEOUT
-    return Outcome.ERROR
-
-
-def error_type(exc: BaseException) -> str:
-    """``error.type`` of ``exc``: its HTTP status when it carries one, else its class name."""
-    for holder in (exc, getattr(exc, "response", None)):
-        status = getattr(holder, "status_code", None) or getattr(holder, "status", None)
-        if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
-            return str(status)
-    return type(exc).__name__
 
 
 class _Ending:
@@ -109,7 +99,8 @@ class _Ending:
 class _LabelSet:
     """Attribute dicts and counter keys for one (operation, provider, model)."""
 
-    __slots__ = ("_ends", "_telemetry", "active_key", "span_attributes", "span_name")
+    __slots__ = ("_ends", "_telemetry", "active_key", "span_attributes", "span_name",
+                 "start_attributes")
 
     def __init__(self, telemetry: Telemetry, operation: str, provider: str | None,
                  model: str | None) -> None:
@@ -122,6 +113,8 @@ class _LabelSet:
         # The span name carries the real model (spans are not aggregated).
         self.span_name = f"{operation} {model}" if model else operation
         self.span_attributes = attrs
+        self.start_attributes: dict[str, AttributeValue] = {**attrs,
+                                                            semconv.REQUEST_STREAM: True}
         self.active_key = tuple(sorted(attrs.items()))
         self._ends: dict[tuple[Outcome, str | None], _Ending] = {}
         self._telemetry = telemetry
@@ -170,26 +163,40 @@ def _check_names(operation: object, model: object, provider: object) -> None:
 class StreamObservation:
     """The measurements of one stream, and the hand-written-loop API.
 
-    Use it as ``with observe(...) as obs`` (or ``async with``): call
-    :meth:`first_token` when the first chunk arrives (or just :meth:`tokens`,
-    which implies it), and let the block end. An exception leaving the block
-    sets the outcome; it is never swallowed.
+    Use it as ``with observe(...) as obs`` (or ``async with``): its span is
+    the current span inside the block, so stages and the resilience wrappers'
+    events land on it. Call :meth:`chunk` with each chunk the provider sends
+    (or :meth:`first_token` and :meth:`tokens` for counts of your own), and
+    let the block end. An exception leaving the block sets the outcome; it is
+    never swallowed.
+
+    Token figures: the provider's usage whenever the stream reported it
+    (:meth:`set_usage`, or the usage chunks :meth:`chunk` reads), else the
+    count of chunks that carried output. A failed request (outcome
+    ``error`` or ``timeout``) with no provider usage records no token figure.
     """
 
     __slots__ = (
         "_also",
+        "_cache_creation",
+        "_cache_read",
         "_content",
         "_ctx",
+        "_finish_reasons",
         "_finished",
         "_input_tokens",
         "_labels",
         "_n_tokens",
         "_output_tokens",
+        "_reasoning",
+        "_response_id",
         "_room",
         "_span",
         "_t_first",
         "_t_start",
         "_telemetry",
+        "_token",
+        "response_model",
     )
 
     def __init__(self, telemetry: Telemetry, labels: _LabelSet,
@@ -199,11 +206,19 @@ class StreamObservation:
         self._labels = labels
         self._span: trace.Span = trace.INVALID_SPAN
         self._ctx: Context | None = None
+        self._token: object = None
         self._t_start = 0.0
         self._t_first: float | None = None
         self._n_tokens = 0
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
+        self._cache_read: int | None = None
+        self._cache_creation: int | None = None
+        self._reasoning: int | None = None
+        #: The model that answered, once a chunk said (gen_ai.response.model).
+        self.response_model: str | None = None
+        self._response_id: str | None = None
+        self._finish_reasons: list[str] | None = None
         self._finished = False
         #: Answer text kept for the span, only when the user opted in.
         self._content: list[str] | None = [] if telemetry.capture_content else None
@@ -225,6 +240,19 @@ class StreamObservation:
             self.first_token()
         self._n_tokens += n
 
+    def chunk(self, chunk: object) -> int:
+        """Read one chunk as the stream forms do (see :mod:`ragobs.chunks`):
+        the first one carrying output marks the first token, usage and
+        response metadata are noted. Returns the output units it carried."""
+        n = reader_for(chunk)(chunk, self)
+        if n:
+            if self._t_first is None:
+                self.first_token()
+            self._n_tokens += n
+            if self._content is not None:
+                self.record_output(chunk)
+        return n
+
     def set_usage(self, *, input_tokens: int | None = None,
                   output_tokens: int | None = None) -> None:
         """Token usage reported by the provider; overrides counted chunks."""
@@ -237,28 +265,55 @@ class StreamObservation:
         if output_tokens is not None:
             self._output_tokens = output_tokens
 
+    def note_usage(self, *, input_tokens: int | None = None, output_tokens: int | None = None,
+                   cache_read_input_tokens: int | None = None,
+                   cache_creation_input_tokens: int | None = None,
+                   reasoning_output_tokens: int | None = None, add: bool = False) -> None:
+        """Usage read from a chunk (see :class:`ragobs.chunks.ChunkSink`)."""
+        if add:
+            input_tokens = _plus(self._input_tokens, input_tokens)
+            output_tokens = _plus(self._output_tokens, output_tokens)
+            cache_read_input_tokens = _plus(self._cache_read, cache_read_input_tokens)
+            cache_creation_input_tokens = _plus(self._cache_creation,
+                                                cache_creation_input_tokens)
+            reasoning_output_tokens = _plus(self._reasoning, reasoning_output_tokens)
+        if input_tokens is not None:
+            self._input_tokens = input_tokens
+        if output_tokens is not None:
+            self._output_tokens = output_tokens
+        if cache_read_input_tokens is not None:
+            self._cache_read = cache_read_input_tokens
+        if cache_creation_input_tokens is not None:
+            self._cache_creation = cache_creation_input_tokens
+        if reasoning_output_tokens is not None:
+            self._reasoning = reasoning_output_tokens
+
+    def note_response(self, *, model: str | None = None, response_id: str | None = None,
+                      finish_reason: str | None = None) -> None:
+        """Response metadata read from a chunk (see :class:`ragobs.chunks.ChunkSink`)."""
+        if model and isinstance(model, str):
+            self.response_model = model
+        if response_id and isinstance(response_id, str):
+            self._response_id = response_id
+        if finish_reason:
+            reasons = self._finish_reasons
+            if reasons is None:
+                self._finish_reasons = [finish_reason]
+            elif finish_reason not in reasons and len(reasons) < _FINISH_REASONS_KEPT:
+                reasons.append(finish_reason)
+
     def record_output(self, chunk: object) -> None:
-        """Keep the text of ``chunk`` (str or UTF-8 bytes) for the span's
-        ``gen_ai.output.messages``: only when the :class:`Telemetry` has
-        ``capture_content=True``, and at most ``CONTENT_LIMIT`` characters."""
+        """Keep the text of ``chunk`` for the span's ``gen_ai.output.messages``:
+        only when the :class:`Telemetry` has ``capture_content=True``, and at
+        most ``CONTENT_LIMIT`` characters. str, UTF-8 bytes, and the text of
+        the chunk shapes :mod:`ragobs.chunks` reads."""
         content = self._content
         if content is None:
             return
-        if isinstance(chunk, bytes):
-            chunk = chunk.decode("utf-8", "replace")
-        if not isinstance(chunk, str):
-            return
-        if self._room > 0:
-            content.append(chunk[:self._room])
+        text = _text_of(chunk)
+        if text and self._room > 0:
+            content.append(text[:self._room])
             self._room -= len(content[-1])
-
-    def _capturing(self, count: Callable[[T], int] | None) -> Callable[[T], int]:
-        """``count``, also keeping each chunk's text (the opted-in path only)."""
-        def counted(chunk: T) -> int:
-            self.record_output(chunk)
-            return 1 if count is None else count(chunk)
-
-        return counted
 
     @property
     def span(self) -> trace.Span:
@@ -267,14 +322,20 @@ class StreamObservation:
 
     @property
     def token_count(self) -> int:
+        """Output tokens: the provider's usage if reported, else the count."""
         return self._output_tokens if self._output_tokens is not None else self._n_tokens
 
     def __enter__(self) -> StreamObservation:
         self.start()
+        if self._token is None:
+            self._token = _attach(self._ctx)  # type: ignore[arg-type]
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            _detach(token)  # type: ignore[arg-type]
         self.finish(exc)
 
     async def __aenter__(self) -> StreamObservation:
@@ -282,7 +343,7 @@ class StreamObservation:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self.finish(exc)
+        self.__exit__(exc_type, exc, tb)
 
     # -- recording ------------------------------------------------------
 
@@ -294,7 +355,7 @@ class StreamObservation:
         labels = self._labels
         tel = self._telemetry
         self._span = tel.tracer.start_span(
-            labels.span_name, kind=SpanKind.CLIENT, attributes=labels.span_attributes
+            labels.span_name, kind=SpanKind.CLIENT, attributes=labels.start_attributes
         )
         self._ctx = trace.set_span_in_context(self._span)
         tel.active.add_key(labels.active_key, 1)
@@ -315,7 +376,12 @@ class StreamObservation:
         ending = labels.end(outcome, etype)
         attrs = ending.attrs
         span = self._span
-        tokens = self.token_count
+        output_tokens = self._output_tokens
+        reported = output_tokens is not None
+        tokens = output_tokens if output_tokens is not None else self._n_tokens
+        failed = outcome is Outcome.ERROR or outcome is Outcome.TIMEOUT
+        # Semconv: a failed call records token usage only if the provider reported it.
+        record_tokens = reported or not failed
         input_tokens = self._input_tokens
         latency = t_end - self._t_start
         t_first = self._t_first
@@ -327,17 +393,20 @@ class StreamObservation:
         exemplar_ctx = self._ctx if exemplars is None else _NO_EXEMPLAR
 
         tel.operation_duration.record(latency, attrs, context=exemplar_ctx)
-        tel.token_usage.record(tokens, ending.output_attrs, context=_NO_EXEMPLAR)
+        if record_tokens:
+            tel.token_usage.record(tokens, ending.output_attrs, context=_NO_EXEMPLAR)
         if input_tokens is not None:
             tel.token_usage.record(input_tokens, ending.input_attrs, context=_NO_EXEMPLAR)
         if t_first is not None:
             ttft = t_first - self._t_start
             tel.time_to_first_chunk.record(ttft, attrs, context=exemplar_ctx)
             window = t_end - t_first
-            if tokens >= 2 and window > 0:
+            chunks = self._n_tokens
+            if tokens >= 2 and window > 0 and record_tokens:
                 rate = tokens / window
                 tel.output_token_rate.record(rate, attrs, context=_NO_EXEMPLAR)
-                tel.time_per_output_chunk.record(window / (tokens - 1), attrs,
+            if chunks >= 2 and window > 0:
+                tel.time_per_output_chunk.record(window / (chunks - 1), attrs,
                                                  context=_NO_EXEMPLAR)
         if exemplars is not None:
             span_context = span.get_span_context()
@@ -349,7 +418,7 @@ class StreamObservation:
                     exemplars[1].offer(ttft, trace_id, span_id, now)
         key = ending.key
         tel.requests.add_key(key, 1)
-        if outcome is Outcome.ERROR or outcome is Outcome.TIMEOUT:
+        if failed:
             tel.errors.add_key(key, 1)
         tel.active.add_key(labels.active_key, -1)
         tel.summary.record(outcome, latency, ttft, tokens, rate)
@@ -357,26 +426,78 @@ class StreamObservation:
             self._also.record(outcome, latency, ttft, tokens, rate)
 
         if span.is_recording():
-            span_attrs: dict[str, Any] = {
-                semconv.USAGE_OUTPUT_TOKENS: tokens,
-                semconv.OUTCOME: ending.outcome,
-            }
-            if ttft is not None:
-                span_attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
-            if input_tokens is not None:
-                span_attrs[semconv.USAGE_INPUT_TOKENS] = input_tokens
-            if self._content:
-                span_attrs[semconv.OUTPUT_MESSAGES] = json.dumps([{
-                    "role": "assistant",
-                    "parts": [{"type": "text", "content": "".join(self._content)}],
-                }], ensure_ascii=False)
-            if ending.error_type is not None and exc is not None:
-                span_attrs[semconv.ERROR_TYPE] = ending.error_type
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            span.set_attributes(span_attrs)
+            self._end_attributes(span, ending, exc, tokens if record_tokens else None, ttft)
         span.end()
         return outcome
+
+    def _end_attributes(self, span: trace.Span, ending: _Ending, exc: BaseException | None,
+                        tokens: int | None, ttft: float | None) -> None:
+        span_attrs: dict[str, Any] = {semconv.OUTCOME: ending.outcome}
+        if tokens is not None:
+            span_attrs[semconv.USAGE_OUTPUT_TOKENS] = tokens
+            span_attrs[semconv.USAGE_SOURCE] = (
+                "provider" if self._output_tokens is not None else "counted")
+        if ttft is not None:
+            span_attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
+        for key, value in ((semconv.USAGE_INPUT_TOKENS, self._input_tokens),
+                           (semconv.USAGE_CACHE_READ_INPUT_TOKENS, self._cache_read),
+                           (semconv.USAGE_CACHE_CREATION_INPUT_TOKENS, self._cache_creation),
+                           (semconv.USAGE_REASONING_OUTPUT_TOKENS, self._reasoning),
+                           (semconv.RESPONSE_MODEL, self.response_model),
+                           (semconv.RESPONSE_ID, self._response_id)):
+            if value is not None:
+                span_attrs[key] = value
+        if self._finish_reasons:
+            span_attrs[semconv.RESPONSE_FINISH_REASONS] = tuple(self._finish_reasons)
+        if self._content:
+            span_attrs[semconv.OUTPUT_MESSAGES] = json.dumps([{
+                "role": "assistant",
+                "parts": [{"type": "text", "content": "".join(self._content)}],
+            }], ensure_ascii=False)
+        if ending.error_type is not None and exc is not None:
+            span_attrs[semconv.ERROR_TYPE] = ending.error_type
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.set_attributes(span_attrs)
+
+
+def _plus(held: int | None, more: int | None) -> int | None:
+    if more is None:
+        return held
+    return more if held is None else held + more
+
+
+#: Distinct finish reasons kept per stream (one per choice, usually one).
+_FINISH_REASONS_KEPT: Final = 16
+
+
+def _text_of(chunk: object) -> str | None:  # noqa: PLR0911
+    """The answer text a chunk carries, for opted-in content capture."""
+    if isinstance(chunk, str):
+        return chunk
+    if isinstance(chunk, (bytes, bytearray)):
+        return bytes(chunk).decode("utf-8", "replace")
+    if isinstance(chunk, dict):
+        choices = chunk.get("choices")
+        if choices:
+            delta = choices[0].get("delta") or {}
+            return delta.get("content") or None
+        return chunk.get("delta") if isinstance(chunk.get("delta"), str) else None
+    choices = getattr(chunk, "choices", None)
+    if isinstance(choices, list):
+        delta = getattr(choices[0], "delta", None) if choices else None
+        content = getattr(delta, "content", None)
+        return content if isinstance(content, str) else None
+    delta = getattr(chunk, "delta", None)
+    if isinstance(delta, str):  # OpenAI Responses text delta
+        return delta
+    text = getattr(delta, "text", None)  # Anthropic text delta
+    if isinstance(text, str):
+        return text
+    content = getattr(chunk, "content", None)  # LangChain
+    if isinstance(content, str):
+        return content
+    return None
 
 
 def _observation(telemetry: Telemetry | None, operation: str, provider: str | None,
@@ -399,23 +520,46 @@ def observe(
     ...         obs.tokens(1)
     """
     _check_names(operation, model, provider)
-    return _observation(telemetry, operation, provider, model)
+    return _observation(_check_telemetry_arg(telemetry), operation, provider, model)
+
+
+def _checked(count: Callable[[Any], int]) -> Callable[[Any], int]:
+    """``count``, refusing what is not an int >= 0 (so a broken callback ends
+    its own stream with a clear error, never the accounting)."""
+    def checked(chunk: Any) -> int:
+        k = count(chunk)
+        if type(k) is not int or k < 0:
+            kind = TypeError if not isinstance(k, int) or isinstance(k, bool) else ValueError
+            raise kind(f"count_tokens must return an int >= 0, got {k!r} "
+                       f"for a {type(chunk).__name__} chunk")
+        return k
+
+    return checked
+
+
+def _measure(chunk: Any, obs: StreamObservation, count: Callable[[Any], int] | None) -> int:
+    return reader_for(chunk)(chunk, obs) if count is None else count(chunk)
 
 
 async def _observe_async(
-    source: AsyncIterable[T], obs: StreamObservation, count: Callable[[T], int] | None
-) -> AsyncGenerator[T, None]:
-    if obs._content is not None:
-        count = obs._capturing(count)
+    source: Any, obs: StreamObservation, count: Callable[[Any], int] | None
+) -> AsyncGenerator[Any, None]:
+    capture = obs._content is not None
     obs.start()
-    it = source.__aiter__()
+    ctx = obs._ctx
+    src: Any = None
+    it: Any = None
     failure: BaseException | None = None
     done = False
     n = 0
     try:
+        token = _attach(ctx)  # type: ignore[arg-type]
+        try:  # a deferred source issues its request here, inside the measurement
+            src, it = await aopen(source)
+        finally:
+            _detach(token)
         nxt = it.__anext__
-        ctx = obs._ctx
-        while True:  # until the first non-empty chunk, with the span current
+        while True:  # until the first chunk that carries output, with the span current
             token = _attach(ctx)  # type: ignore[arg-type]
             try:
                 chunk = await nxt()
@@ -424,21 +568,35 @@ async def _observe_async(
                 return
             finally:
                 _detach(token)
-            if chunk:
+            k = _measure(chunk, obs, count)
+            if k:
                 obs.first_token()
-                n = 1 if count is None else count(chunk)
+                n = k
+                if capture:
+                    obs.record_output(chunk)
                 yield chunk
                 break
             yield chunk
-        if count is None:
-            async for chunk in it:  # the hot loop: count and pass through
+        if count is not None:
+            async for chunk in it:
+                n += count(chunk)
+                if capture:
+                    obs.record_output(chunk)
+                yield chunk
+        elif (chunk.__class__ is str or chunk.__class__ is bytes) and not capture:
+            async for chunk in it:  # the hot loop for text: count and pass through
                 if chunk:
                     n += 1
                 yield chunk
         else:
-            async for chunk in it:
-                if chunk:
-                    n += count(chunk)
+            get = readers.get
+            async for chunk in it:  # the hot loop for chunk objects
+                read: ChunkReader | None = get(chunk.__class__)
+                k = (read or reader_for(chunk))(chunk, obs)
+                if k:
+                    n += k
+                    if capture:
+                        obs.record_output(chunk)
                 yield chunk
         done = True
     except BaseException as exc:
@@ -447,24 +605,27 @@ async def _observe_async(
     finally:
         obs._n_tokens = n
         obs.finish(failure)
-        if not done:
-            aclose = getattr(it, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        if not done and it is not None:
+            await aclose_source(it, src, quiet=failure is not None)
 
 
 def _observe_sync(
-    source: Iterable[T], obs: StreamObservation, count: Callable[[T], int] | None
-) -> Generator[T, None, None]:
-    if obs._content is not None:
-        count = obs._capturing(count)
+    source: Any, obs: StreamObservation, count: Callable[[Any], int] | None
+) -> Generator[Any, None, None]:
+    capture = obs._content is not None
     obs.start()
-    it = iter(source)
+    ctx = obs._ctx
+    src: Any = None
+    it: Any = None
     failure: BaseException | None = None
     done = False
     n = 0
     try:
-        ctx = obs._ctx
+        token = _attach(ctx)  # type: ignore[arg-type]
+        try:
+            src, it = open_sync(source)
+        finally:
+            _detach(token)
         while True:
             token = _attach(ctx)  # type: ignore[arg-type]
             try:
@@ -474,21 +635,35 @@ def _observe_sync(
                 return
             finally:
                 _detach(token)
-            if chunk:
+            k = _measure(chunk, obs, count)
+            if k:
                 obs.first_token()
-                n = 1 if count is None else count(chunk)
+                n = k
+                if capture:
+                    obs.record_output(chunk)
                 yield chunk
                 break
             yield chunk
-        if count is None:
+        if count is not None:
+            for chunk in it:
+                n += count(chunk)
+                if capture:
+                    obs.record_output(chunk)
+                yield chunk
+        elif (chunk.__class__ is str or chunk.__class__ is bytes) and not capture:
             for chunk in it:
                 if chunk:
                     n += 1
                 yield chunk
         else:
+            get = readers.get
             for chunk in it:
-                if chunk:
-                    n += count(chunk)
+                read: ChunkReader | None = get(chunk.__class__)
+                k = (read or reader_for(chunk))(chunk, obs)
+                if k:
+                    n += k
+                    if capture:
+                        obs.record_output(chunk)
                 yield chunk
         done = True
     except BaseException as exc:
@@ -497,16 +672,54 @@ def _observe_sync(
     finally:
         obs._n_tokens = n
         obs.finish(failure)
-        if not done:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+        if not done and it is not None:
+            close_source(it, src, quiet=failure is not None)
+
+
+class _DeferredStream:
+    """``observe_stream(factory)``: the factory is called when iteration
+    starts, inside the measurement; ``async for`` or ``for`` decides which."""
+
+    __slots__ = ("_count", "_factory", "_gen", "_obs")
+
+    def __init__(self, factory: Callable[[], Any], obs: StreamObservation,
+                 count: Callable[[Any], int] | None) -> None:
+        self._factory = factory
+        self._obs = obs
+        self._count = count
+        self._gen: Any = None
+
+    def __aiter__(self) -> AsyncGenerator[Any, None]:
+        if self._gen is None:
+            self._gen = _observe_async(self._factory, self._obs, self._count)
+        gen: AsyncGenerator[Any, None] = self._gen
+        return gen
+
+    def __iter__(self) -> Generator[Any, None, None]:
+        if self._gen is None:
+            self._gen = _observe_sync(self._factory, self._obs, self._count)
+        gen: Generator[Any, None, None] = self._gen
+        return gen
+
+    async def __anext__(self) -> Any:
+        return await self.__aiter__().__anext__()
+
+    def __next__(self) -> Any:
+        return next(self.__iter__())
+
+    async def aclose(self) -> None:
+        if self._gen is not None:
+            await self._gen.aclose()
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
 
 
 @overload
 def observe_stream(
-    stream: AsyncIterable[T], *, operation: str = ..., model: str | None = ...,
-    provider: str | None = ..., telemetry: Telemetry | None = ...,
+    stream: AsyncIterable[T] | Awaitable[AsyncIterable[T]], *, operation: str = ...,
+    model: str | None = ..., provider: str | None = ..., telemetry: Telemetry | None = ...,
     count_tokens: Callable[[T], int] | None = ...,
 ) -> AsyncGenerator[T, None]: ...
 
@@ -519,33 +732,80 @@ def observe_stream(
 ) -> Generator[T, None, None]: ...
 
 
+@overload
 def observe_stream(
-    stream: AsyncIterable[T] | Iterable[T],
+    stream: Callable[[], Any], *, operation: str = ..., model: str | None = ...,
+    provider: str | None = ..., telemetry: Telemetry | None = ...,
+    count_tokens: Callable[[Any], int] | None = ...,
+) -> _DeferredStream: ...
+
+
+def observe_stream(
+    stream: Any,
     *,
     operation: str = "chat",
     model: str | None = None,
     provider: str | None = None,
     telemetry: Telemetry | None = None,
-    count_tokens: Callable[[T], int] | None = None,
-) -> AsyncGenerator[T, None] | Generator[T, None, None]:
+    count_tokens: Callable[[Any], int] | None = None,
+) -> Any:
     """Wrap ``stream`` so that consuming it records one observed request.
 
-    An async iterable gives an async generator, a plain iterable a generator;
-    chunks pass through unchanged. Closing the wrapper closes ``stream``.
+    ``stream`` is an async iterable (gives an async generator), an iterable
+    (gives a generator), an un-awaited call that returns an async iterable
+    (``client.chat.completions.create(..., stream=True)``: the request and the
+    wait for response headers are then inside the measurement), or a
+    zero-argument factory returning any of those (called when iteration
+    starts; iterate with ``async for`` or ``for``). Chunks pass through
+    unchanged; their usage and metadata are read (see :mod:`ragobs.chunks`).
+    Closing the wrapper closes ``stream``, the source object itself included
+    (an SDK stream's ``close()``), so the provider's response is released.
     """
     _check_names(operation, model, provider)
-    if count_tokens is not None and not callable(count_tokens):
-        raise TypeError(f"count_tokens must be callable or None, got {count_tokens!r}")
-    obs = _observation(telemetry, operation, provider, model)
+    count = _check_count(count_tokens)
+    tel = _check_telemetry_arg(telemetry)
     if hasattr(stream, "__aiter__"):
-        return _observe_async(stream, obs, count_tokens)  # type: ignore[arg-type]
+        return _observe_async(stream, _observation(tel, operation, provider, model), count)
     if hasattr(stream, "__iter__"):
-        return _observe_sync(stream, obs, count_tokens)
-    raise TypeError(f"stream must be an iterable or async iterable, got {type(stream).__name__}")
+        return _observe_sync(stream, _observation(tel, operation, provider, model), count)
+    if inspect.isawaitable(stream):
+        return _observe_async(stream, _observation(tel, operation, provider, model), count)
+    if callable(stream):
+        return _DeferredStream(stream, _observation(tel, operation, provider, model), count)
+    raise TypeError("stream must be an iterable, an async iterable, an awaitable of one or a "
+                    f"zero-argument factory, got {type(stream).__name__}")
+
+
+def _check_count(count_tokens: object) -> Callable[[Any], int] | None:
+    if count_tokens is None:
+        return None
+    if not callable(count_tokens):
+        raise TypeError(f"count_tokens must be a callable (chunk) -> int >= 0, or None, "
+                        f"got {count_tokens!r}")
+    return _checked(count_tokens)
+
+
+def _check_telemetry_arg(telemetry: object) -> Telemetry | None:
+    if telemetry is not None and not isinstance(telemetry, Telemetry):
+        raise TypeError(f"telemetry must be a ragobs Telemetry or None, got {telemetry!r}")
+    return telemetry
+
+
+@overload
+def instrument_stream(fn: F, /) -> F: ...
+
+
+@overload
+def instrument_stream(
+    fn: None = None, /, *, operation: str = ..., model: str | None = ...,
+    provider: str | None = ..., telemetry: Telemetry | None = ...,
+    count_tokens: Callable[[Any], int] | None = ...,
+) -> Callable[[F], F]: ...
 
 
 def instrument_stream(
-    fn: Callable[P, Any] | None = None,
+    fn: Callable[..., Any] | None = None,
+    /,
     *,
     operation: str = "chat",
     model: str | None = None,
@@ -556,26 +816,29 @@ def instrument_stream(
     """Decorate an async generator function (or generator function) so that
     every stream it returns is observed like :func:`observe_stream`.
 
-    Usable bare (``@instrument_stream``) or with arguments. The decorated
-    function keeps its name, docstring and signature.
+    Usable bare (``@instrument_stream``) or with arguments; the arguments are
+    checked when applied. The decorated function keeps its name, docstring
+    and signature (also for type checkers).
     """
     _check_names(operation, model, provider)
+    count = _check_count(count_tokens)
+    tel = _check_telemetry_arg(telemetry)
 
-    def decorate(func: Callable[P, Any]) -> Callable[P, Any]:
+    def decorate(func: F) -> F:
         if inspect.isasyncgenfunction(func):
             @functools.wraps(func)
-            def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Any, None]:
-                obs = _observation(telemetry, operation, provider, model)
-                return _observe_async(func(*args, **kwargs), obs, count_tokens)
+            def async_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+                obs = _observation(tel, operation, provider, model)
+                return _observe_async(func(*args, **kwargs), obs, count)
 
-            return async_wrapper
+            return cast(F, async_wrapper)
         if inspect.isgeneratorfunction(func):
             @functools.wraps(func)
-            def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Generator[Any, None, None]:
-                obs = _observation(telemetry, operation, provider, model)
-                return _observe_sync(func(*args, **kwargs), obs, count_tokens)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, None, None]:
+                obs = _observation(tel, operation, provider, model)
+                return _observe_sync(func(*args, **kwargs), obs, count)
 
-            return sync_wrapper
+            return cast(F, sync_wrapper)
         raise TypeError(
             "instrument_stream decorates async generator or generator functions, got "
             f"{getattr(func, '__qualname__', func)!r}; wrap other iterables with observe_stream()"

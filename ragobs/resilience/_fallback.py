@@ -23,6 +23,8 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from typing import Any, Final, TypeVar, cast, overload
 
 from ragobs import semconv
+from ragobs._classify import error_type
+from ragobs._sources import aclose_source, aopen
 from ragobs.events import emit, logger
 from ragobs.resilience._checks import (
     _check_name,
@@ -32,8 +34,7 @@ from ragobs.resilience._checks import (
     _exception_filter,
     _Named,
 )
-from ragobs.resilience._retry import ExceptionFilter, _close
-from ragobs.stream import error_type
+from ragobs.resilience._retry import ExceptionFilter
 from ragobs.telemetry import Telemetry, get_telemetry
 
 __all__ = ["DEFAULT_FALLBACK_MESSAGE", "fallback", "fallback_stream"]
@@ -93,16 +94,16 @@ class _Recovery(_Named):
             return DEFAULT_FALLBACK_MESSAGE
 
 
-async def _recover_stream(source: AsyncIterable[T], policy: _Recovery
-                          ) -> AsyncGenerator[T | Any, None]:
-    iterator: AsyncIterator[T] | None = None
+async def _recover_stream(source: Any, policy: _Recovery) -> AsyncGenerator[Any, None]:
+    src: Any = None
+    iterator: AsyncIterator[Any] | None = None
     exhausted = False
     partial = False
     try:
         while True:
             try:
-                if iterator is None:
-                    iterator = source.__aiter__()
+                if iterator is None:  # a deferred source issues its request here
+                    src, iterator = await aopen(source)
                 chunk = await iterator.__anext__()
             except StopAsyncIteration:
                 exhausted = True
@@ -114,12 +115,12 @@ async def _recover_stream(source: AsyncIterable[T], policy: _Recovery
                 break
             partial = True
             yield chunk
-        await _close(iterator)
+        await aclose_source(iterator, src, quiet=True)
         iterator = None
         yield policy.serve(failure, partial=partial)
     finally:
-        if not exhausted:
-            await _close(iterator)
+        if not exhausted and iterator is not None:
+            await aclose_source(iterator, src, quiet=True)
 
 
 def fallback_stream(

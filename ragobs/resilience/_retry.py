@@ -30,24 +30,22 @@ Every retry is reported through :func:`ragobs.events.emit` (``retry``, and
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import errno
 import functools
 import inspect
 import logging
 import math
 import random
-import socket
-import sys
 import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
-from datetime import UTC, timedelta
+from contextvars import ContextVar
 from typing import Any, Final, TypeVar, cast, overload
 
 from opentelemetry.util.types import AttributeValue
 
 from ragobs import semconv
+from ragobs._classify import error_type, is_retryable, retry_after
+from ragobs._sources import aclose_source, aopen
+from ragobs.chunks import carries_output
 from ragobs.clock import Clock
 from ragobs.events import emit
 from ragobs.resilience._checks import (
@@ -63,7 +61,6 @@ from ragobs.resilience._checks import (
     _optional_positive,
     _positive,
 )
-from ragobs.stream import error_type
 from ragobs.telemetry import Telemetry, get_telemetry
 
 __all__ = ["RetryBudget", "is_retryable", "retry", "retry_stream"]
@@ -90,130 +87,16 @@ REASON_ATTEMPTS: Final = "attempts"
 REASON_DEADLINE: Final = "deadline"
 REASON_BUDGET: Final = "budget"
 REASON_OUTPUT_STARTED: Final = "output_started"
+REASON_RETRY_AFTER: Final = "retry_after"
 
-_NETWORK_ERRNOS: Final = frozenset(
-    getattr(errno, code) for code in (
-        "ECONNABORTED", "ECONNREFUSED", "ECONNRESET", "EHOSTDOWN", "EHOSTUNREACH",
-        "ENETDOWN", "ENETRESET", "ENETUNREACH", "EPIPE", "ETIMEDOUT",
-    ) if hasattr(errno, code)
-)
+#: The longest server-asked wait that is honoured (as the OpenAI SDK): above
+#: it, the retry gives up at once (reason ``retry_after``) instead of sleeping.
+DEFAULT_MAX_RETRY_AFTER: Final = 120.0
 
-
-# --- what is worth retrying ------------------------------------------------
-
-
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status ``exc`` carries (itself or on ``exc.response``), if any."""
-    for holder in (exc, getattr(exc, "response", None)):
-        if holder is None:
-            continue
-        for attr in ("status_code", "status"):
-            status = getattr(holder, attr, None)
-            if isinstance(status, int) and not isinstance(status, bool) \
-                    and 100 <= status <= 599:
-                return status
-    return None
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """The default retry filter: is ``exc`` a failure a retry may fix?
-
-    True for connection errors (:class:`ConnectionError`, network-level
-    :class:`OSError` such as "host unreachable" or a DNS lookup that should be
-    tried again, ``aiohttp.ClientConnectionError``), timeouts (any
-    :class:`TimeoutError`, including :class:`~ragobs.errors.StreamTimeout`)
-    and errors carrying HTTP status 429 or 5xx (``exc.status``,
-    ``exc.status_code``, ``exc.response.status_code`` or
-    ``exc.response.status``). Never true for anything that is not an
-    :class:`Exception` (cancellation, ``KeyboardInterrupt``).
-    """
-    if not isinstance(exc, Exception):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    status = _status(exc)
-    if status is not None:
-        return status == 429 or status >= 500
-    if isinstance(exc, socket.gaierror):
-        return exc.errno == socket.EAI_AGAIN
-    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
-        return True
-    return _is_aiohttp_connection(exc)
-
-
-def _is_aiohttp_connection(exc: BaseException) -> bool:
-    # aiohttp's errors can only exist once aiohttp is imported: never import it.
-    aiohttp = sys.modules.get("aiohttp")
-    conn_error = getattr(aiohttp, "ClientConnectionError", None)
-    return isinstance(conn_error, type) and isinstance(exc, conn_error)
-
-
-def _retry_after(exc: BaseException, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds the server asked us to wait, from ``exc.retry_after`` or the
-    ``Retry-After`` / ``retry-after-ms`` header on ``exc`` or ``exc.response``.
-
-    ``Retry-After`` is delay-seconds or an HTTP-date (compared with ``now()``,
-    the wall clock). Unparseable values are ignored; past dates give 0.
-    """
-    value = getattr(exc, "retry_after", None)
-    if value is not None:
-        found = _seconds(value, now)
-        if found is not None:
-            return found
-    for holder in (exc, getattr(exc, "response", None)):
-        headers = getattr(holder, "headers", None) if holder is not None else None
-        if headers is None or not hasattr(headers, "get"):
-            continue
-        millis = _header(headers, "retry-after-ms")
-        if millis is not None:
-            with contextlib.suppress(ValueError):
-                ms = float(millis)
-                if math.isfinite(ms) and ms >= 0:
-                    return ms / 1000.0
-        raw = _header(headers, "retry-after")
-        if raw is not None:
-            found = _seconds(raw, now)
-            if found is not None:
-                return found
-    return None
-
-
-def _header(headers: Any, key: str) -> str | None:
-    # Case-insensitive mappings (aiohttp, httpx, requests) find either
-    # spelling directly; a plain dict may use any case.
-    for spelling in (key, key.title()):
-        with contextlib.suppress(Exception):
-            value = headers.get(spelling)
-            if value is not None:
-                return str(value)
-    with contextlib.suppress(Exception):
-        for name, value in headers.items():
-            if isinstance(name, str) and name.lower() == key:
-                return str(value)
-    return None
-
-
-def _seconds(value: object, now: Callable[[], float]) -> float | None:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    with contextlib.suppress(ValueError):
-        seconds = float(text)
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now())
+#: True while a ragobs retry wrapper makes an attempt: a client instrumented
+#: by :func:`ragobs.instrument_client` then turns the SDK's own retries off,
+#: so every request the provider receives is an attempt ragobs reports.
+in_retry: ContextVar[bool] = ContextVar("ragobs_in_retry", default=False)
 
 
 # --- the budget ------------------------------------------------------------
@@ -315,12 +198,12 @@ class _Policy(_Named):
     """Validated settings of one wrapper, and the decision after a failure."""
 
     __slots__ = ("attempts", "budget", "clock", "deadline", "initial", "jitter", "max_delay",
-                 "multiplier", "name", "retryable", "rng", "telemetry")
+                 "max_retry_after", "multiplier", "name", "retryable", "rng", "telemetry")
 
     def __init__(self, *, attempts: object, initial: object, multiplier: object,
                  max_delay: object, jitter: object, on: object, deadline: object,
                  budget: object, name: object, clock: object, telemetry: object,
-                 rng: object) -> None:
+                 rng: object, max_retry_after: object = DEFAULT_MAX_RETRY_AFTER) -> None:
         if not isinstance(attempts, int) or isinstance(attempts, bool):
             raise TypeError(f"attempts must be an int >= 1, got {attempts!r}")
         if attempts < 1:
@@ -335,6 +218,7 @@ class _Policy(_Named):
             raise ValueError(
                 f"max_delay must be >= initial ({self.initial:g}), got {max_delay!r}")
         self.jitter = _in_range("jitter", jitter, 0.0, 1.0)
+        self.max_retry_after = _positive("max_retry_after", max_retry_after, allow_inf=True)
         self.retryable = _exception_filter(on) or is_retryable
         self.deadline = _optional_positive("deadline", deadline)
         if budget is not None and not isinstance(budget, RetryBudget):
@@ -358,7 +242,7 @@ class _Policy(_Named):
         wait = min(self.max_delay, base)
         if self.jitter:
             wait = min(self.max_delay, wait * (1.0 + self.jitter * (2.0 * self.rng() - 1.0)))
-        server = _retry_after(exc)
+        server = retry_after(exc)
         if server is not None and server > wait:
             wait = server
         return wait, server
@@ -372,6 +256,9 @@ class _Policy(_Named):
             self.give_up(exc, attempt, REASON_ATTEMPTS)
             return False
         wait, server = self.delay(attempt, exc)
+        if server is not None and server > self.max_retry_after:
+            self.give_up(exc, attempt, REASON_RETRY_AFTER)
+            return False
         if self.deadline is not None and self.clock.now() + wait > start + self.deadline:
             self.give_up(exc, attempt, REASON_DEADLINE)
             return False
@@ -433,37 +320,39 @@ def _coroutine_wrapper(fn: Callable[..., Awaitable[T]],
         if budget is not None:
             budget.record_call()
         start = clock.now() if timed else 0.0
-        try:  # the first attempt, kept lean: most calls succeed here
-            return await fn(*args, **kwargs)
-        except Exception as exc:
-            failure: Exception = exc
-        attempt = 1
-        while await policy.pause(failure, attempt, start):
-            attempt += 1
-            try:
+        flag = in_retry.set(True)
+        try:
+            try:  # the first attempt, kept lean: most calls succeed here
                 return await fn(*args, **kwargs)
             except Exception as exc:
-                failure = exc
-        raise failure
+                failure: Exception = exc
+            attempt = 1
+            while await policy.pause(failure, attempt, start):
+                attempt += 1
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception as exc:
+                    failure = exc
+            raise failure
+        finally:
+            in_retry.reset(flag)
 
     return wrapper
 
 
-async def _open(factory: Callable[[], Any]) -> AsyncIterator[Any]:
-    source = factory()
-    if not hasattr(source, "__aiter__") and inspect.isawaitable(source):
-        source = await source
-    if not hasattr(source, "__aiter__"):
-        raise TypeError(f"the stream factory must return an async iterable, got {source!r}")
-    iterator: AsyncIterator[Any] = source.__aiter__()
-    return iterator
+async def _open(factory: Callable[[], Any]) -> tuple[Any, AsyncIterator[Any]]:
+    flag = in_retry.set(True)
+    try:
+        return await aopen(factory)
+    finally:
+        in_retry.reset(flag)
 
 
-async def _close(iterator: AsyncIterator[Any] | None) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(Exception):  # a broken stream may fail to close too
-            await aclose()
+#: Chunks that carry no output (an OpenAI role chunk, an Anthropic
+#: message_start) held back before the first output chunk, so that a failure
+#: there can still be retried without repeating anything; past this many the
+#: stream counts as started.
+_HELD_BEFORE_OUTPUT: Final = 64
 
 
 async def _retry_stream(factory: Callable[[], Any], policy: _Policy) -> AsyncGenerator[Any, None]:
@@ -471,37 +360,47 @@ async def _retry_stream(factory: Callable[[], Any], policy: _Policy) -> AsyncGen
         policy.budget.record_call()
     start = policy.clock.now() if policy.deadline is not None else 0.0
     attempt = 1
-    while True:  # attempts, until one yields its first chunk
+    held: list[Any] = []
+    while True:  # attempts, until one gives its first output chunk
+        source: Any = None
         iterator: AsyncIterator[Any] | None = None
+        held.clear()
         try:
-            iterator = await _open(factory)
-            first = await iterator.__anext__()
+            source, iterator = await _open(factory)
+            while True:
+                chunk = await iterator.__anext__()
+                held.append(chunk)
+                if len(held) >= _HELD_BEFORE_OUTPUT or carries_output(chunk):
+                    break
             break
         except StopAsyncIteration:
-            return
+            break
         except Exception as exc:
             failure: Exception = exc
         except BaseException:  # cancelled while opening: still close what was opened
-            await _close(iterator)
+            await aclose_source(iterator, source, quiet=True)
             raise
-        await _close(iterator)
+        await aclose_source(iterator, source, quiet=True)
         if not await policy.pause(failure, attempt, start):
             raise failure
         del failure
         attempt += 1
     finished = False
     try:
-        yield first
-        async for chunk in iterator:
+        for chunk in held:
             yield chunk
+        held.clear()
+        if iterator is not None:
+            async for chunk in iterator:
+                yield chunk
         finished = True
     except Exception as exc:
-        # A chunk has reached the consumer: restarting would repeat output.
+        # Output has reached the consumer: restarting would repeat it.
         policy.output_started(exc, attempt)
         raise
     finally:
         if not finished:
-            await _close(iterator)
+            await aclose_source(iterator, source, quiet=True)
 
 
 @overload
@@ -515,6 +414,7 @@ def retry(
     deadline: float | None = None, budget: RetryBudget | None = None, name: str | None = None,
     clock: Clock | None = None, telemetry: Telemetry | None = None,
     rng: Callable[[], float] | None = None,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
 ) -> Callable[[F], F]: ...
 
 
@@ -534,6 +434,7 @@ def retry(
     clock: Clock | None = None,
     telemetry: Telemetry | None = None,
     rng: Callable[[], float] | None = None,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
 ) -> Any:
     """Retry a coroutine function or an async generator function on failure.
 
@@ -588,10 +489,14 @@ def retry(
         telemetry: where metrics go; default :func:`~ragobs.get_telemetry` at use.
         rng: a callable returning floats in [0, 1) for jitter; default
             :func:`random.random`.
+        max_retry_after: the longest server-asked wait honoured, in seconds
+            > 0 (may be inf); a longer ``Retry-After`` gives up at once with
+            reason ``retry_after``. Default 120, as the OpenAI SDK.
     """
     policy = _Policy(attempts=attempts, initial=initial, multiplier=multiplier,
                      max_delay=max_delay, jitter=jitter, on=on, deadline=deadline,
-                     budget=budget, name=name, clock=clock, telemetry=telemetry, rng=rng)
+                     budget=budget, name=name, clock=clock, telemetry=telemetry, rng=rng,
+                     max_retry_after=max_retry_after)
 
     def decorate(func: F) -> F:
         named = policy.named(_default_name(func, "retry"))
@@ -628,6 +533,7 @@ def retry_stream(
     clock: Clock | None = None,
     telemetry: Telemetry | None = None,
     rng: Callable[[], float] | None = None,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
 ) -> AsyncGenerator[T, None]:
     """The chunks of ``factory()``, reopened on failures before the first chunk.
 
@@ -642,5 +548,6 @@ def retry_stream(
         raise TypeError(f"factory must be a zero-argument callable, got {factory!r}")
     policy = _Policy(attempts=attempts, initial=initial, multiplier=multiplier,
                      max_delay=max_delay, jitter=jitter, on=on, deadline=deadline,
-                     budget=budget, name=name, clock=clock, telemetry=telemetry, rng=rng)
+                     budget=budget, name=name, clock=clock, telemetry=telemetry, rng=rng,
+                     max_retry_after=max_retry_after)
     return _retry_stream(factory, policy.named(_default_name(factory, "retry_stream")))
