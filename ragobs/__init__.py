@@ -1,6 +1,8 @@
 """ragobs: observability and resilience for streaming LLM / RAG agents."""
 
+from ragobs._clients import instrument_client
 from ragobs._version import __version__
+from ragobs.chunks import register_chunk_reader
 from ragobs.clock import Clock, ManualClock, MonotonicClock
 from ragobs.errors import RagobsError, RateLimiterUnavailable, RateLimitTimeout, StreamTimeout
 from ragobs.events import Event, add_hook, remove_hook
@@ -50,9 +52,11 @@ __all__ = [
     "fallback",
     "fallback_stream",
     "get_telemetry",
+    "instrument_client",
     "instrument_stream",
     "observe",
     "observe_stream",
+    "register_chunk_reader",
     "remove_hook",
     "retry",
     "retry_stream",

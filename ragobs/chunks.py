@@ -328,11 +328,12 @@ def _resolve(chunk: Any) -> ChunkReader:  # noqa: PLR0911
         return _read_mapping
     if isinstance(getattr(chunk, "choices", None), list):
         return read_openai_chat
-    if isinstance(getattr(chunk, "type", None), str):
-        return read_event
+    # LangChain messages have a ``type`` too ("AIMessageChunk"): look for them first.
     if hasattr(chunk, "content") and (hasattr(chunk, "usage_metadata")
                                       or hasattr(chunk, "response_metadata")):
         return read_langchain
+    if isinstance(getattr(chunk, "type", None), str):
+        return read_event
     message = getattr(chunk, "message", None)
     if message is not None and hasattr(message, "content") and hasattr(chunk, "text"):
         return _read_generation

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from typing import Any
 
@@ -22,12 +22,22 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics.export import Histogram
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.samples import Exemplar as PromExemplar
 
-from ragobs.telemetry import ExemplarTable, SampledExemplar
+from ragobs.telemetry import SCOPE_NAME, ExemplarTable, SampledExemplar
 
 logger = logging.getLogger("ragobs")
+
+_SCOPE_LABEL = "otel_scope_name"
+_conflicts_reported: set[str] = set()
+
+
+def _warn_conflict(name: str, kept: str, dropped: str) -> None:
+    if name not in _conflicts_reported and len(_conflicts_reported) < 64:
+        _conflicts_reported.add(name)
+        logger.warning("ragobs: metric %s is a %s here and a %s in another scope; "
+                       "only the %s is exposed", name, kept, dropped, kept)
 
 try:  # private API of the exporter: used only to add exemplars
     from opentelemetry.exporter.prometheus import _CustomCollector
@@ -69,9 +79,46 @@ def _with_exemplars(bucket_counts: Sequence[int], bounds: Sequence[float],
 if _CustomCollector is not None:
 
     class _ExemplarCollector(_CustomCollector):
+        """The exporter's collector, with exemplars and one family per name.
+
+        Other instrumentations in the process (the official OpenAI one, for
+        instance) record the same GenAI semconv instrument names under their
+        own scope. The stock collector then writes a second HELP / TYPE block
+        for the name, which Prometheus rejects. Here samples of every scope
+        go into one family per name, and series from other scopes carry an
+        ``otel_scope_name`` label, so they never collide with ragobs's own
+        (which the dashboard and rules select by ``ragobs_outcome``).
+        """
+
         def __init__(self, exemplars: ExemplarTable | None, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self._exemplars = exemplars
+
+        def collect(self) -> Iterator[Metric]:
+            merged: dict[str, Metric] = {}
+            for family in super().collect():
+                held = merged.get(family.name)
+                if held is None:
+                    merged[family.name] = family
+                elif held is not family:
+                    if held.type == family.type:
+                        held.samples.extend(family.samples)
+                    else:
+                        _warn_conflict(family.name, held.type, family.type)
+            yield from merged.values()
+
+        def _translate_to_prometheus(self, metrics_data: Any,
+                                     metric_family_id_metric_family: dict[str, Any]) -> None:
+            for rm in metrics_data.resource_metrics:
+                resource_attrs = self._build_resource_attrs(rm.resource)
+                for sm in rm.scope_metrics:
+                    scope = sm.scope.name or ""
+                    scope_attrs = {} if scope == SCOPE_NAME else {_SCOPE_LABEL: scope}
+                    for metric in sm.metrics:
+                        self._translate_metric(
+                            metric=metric, scope_attrs=scope_attrs,
+                            resource_attrs=resource_attrs,
+                            metric_family_id_metric_family=metric_family_id_metric_family)
 
         def _translate_metric(self, metric: Any, scope_attrs: Any, resource_attrs: Any,
                               metric_family_id_metric_family: dict[str, Any]) -> None:

@@ -14,6 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ragobs.telemetry import Telemetry
+from tests.provider_server import provider_server, threaded_provider_server
+
+__all__ = ["provider_server", "threaded_provider_server"]  # fixtures for every test module
 
 
 @dataclass
