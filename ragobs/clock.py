@@ -41,6 +41,10 @@ class MonotonicClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
+    def sleep_sync(self, seconds: float) -> None:
+        """Block the thread (the synchronous wrappers' wait)."""
+        time.sleep(seconds)
+
     def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable:
         # The default event loop's time() is time.monotonic(): same base.
         loop = asyncio.get_running_loop()
@@ -80,6 +84,21 @@ class ManualClock:
             await fut
         finally:
             fut.cancel()
+
+    def sleep_sync(self, seconds: float) -> None:
+        """The synchronous wrappers' wait: moves the clock on by ``seconds``
+        at once, running the timers that fall due (nothing else can run
+        while a thread waits, so nobody else needs to advance it)."""
+        if not seconds >= 0:  # also refuses NaN
+            raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
+        target = self._now + seconds
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, timer = heapq.heappop(self._sleepers)
+            self._now = max(self._now, deadline)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+        self._now = target
 
     def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable:
         timer = _Timer(callback)

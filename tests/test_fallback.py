@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -235,10 +235,22 @@ def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], text: str
 
 
 def test_wrong_things_to_wrap() -> None:
-    def sync() -> str:
-        return ""
-
-    with pytest.raises(TypeError, match="coroutine functions and async generator functions"):
-        fallback(sync)
+    with pytest.raises(TypeError, match="functions and generator functions"):
+        fallback(123)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="stream must be an async iterable"):
         fallback_stream(["a"])  # type: ignore[arg-type]
+
+
+def test_sync_function_and_generator_recover(otel: Any) -> None:
+    @fallback(telemetry=otel.telemetry, message="sorry")
+    def answer() -> str:
+        raise ConnectionResetError("down")
+
+    @fallback(telemetry=otel.telemetry, message="sorry")
+    def words() -> Iterator[str]:
+        yield "a"
+        raise ConnectionResetError("cut")
+
+    assert answer() == "sorry"
+    assert list(words()) == ["a", "sorry"]
+    assert otel.value("ragobs.fallbacks", error__type="ConnectionResetError") == 2

@@ -12,7 +12,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ragobs._classify import retry_after as _retry_after
 from ragobs.clock import ManualClock
 from ragobs.errors import StreamTimeout
 from ragobs.events import Event, add_hook, remove_hook
-from ragobs._classify import retry_after as _retry_after
 from ragobs.resilience._retry import RetryBudget, is_retryable, retry, retry_stream
 from ragobs.resilience._timeout import stream_timeout
 
@@ -709,11 +709,8 @@ def test_bad_budget_arguments(kwargs: dict[str, Any], text: str) -> None:
 
 
 def test_retry_rejects_what_it_cannot_wrap() -> None:
-    def sync() -> int:
-        return 1
-
-    with pytest.raises(TypeError, match="coroutine functions and async generator functions"):
-        retry(sync)
+    with pytest.raises(TypeError, match="retry decorates functions and generator functions"):
+        retry(123)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="factory must be a zero-argument callable"):
         retry_stream([1, 2])  # type: ignore[arg-type]
 
@@ -737,3 +734,52 @@ async def test_real_clock_retry() -> None:
     elapsed = time.monotonic() - t0
     assert 0.06 <= elapsed < 1.0
     assert fn_calls[1] - fn_calls[0] >= 0.02
+
+
+# --- synchronous functions and iterators ---------------------------------------------
+
+
+def test_sync_function_is_retried_on_the_injected_clock(otel: Any) -> None:
+    clock = ManualClock()
+    calls: list[float] = []
+
+    @retry(attempts=3, initial=1.0, jitter=0.0, clock=clock, telemetry=otel.telemetry,
+           name="sync")
+    def flaky() -> str:
+        calls.append(clock.now())
+        if len(calls) < 3:
+            raise ConnectionResetError("reset")
+        return "ok"
+
+    assert flaky() == "ok"
+    assert calls == [0.0, 1.0, 3.0]  # waits of 1 s then 2 s, on the clock
+    assert otel.value("ragobs.retry.attempts", ragobs__name="sync") == 2
+
+
+def test_sync_function_gives_up_with_the_last_error(otel: Any) -> None:
+    @retry(attempts=2, initial=0.5, jitter=0.0, clock=ManualClock(), telemetry=otel.telemetry)
+    def always() -> None:
+        raise ConnectionResetError("down")
+
+    with pytest.raises(ConnectionResetError) as caught:
+        always()
+    assert "not retried (attempts)" in caught.value.__notes__[0]
+
+
+def test_sync_generator_is_reopened_only_before_output(otel: Any) -> None:
+    opened: list[int] = []
+
+    @retry(attempts=3, initial=0.1, jitter=0.0, clock=ManualClock(), telemetry=otel.telemetry)
+    def words() -> Iterator[str]:
+        opened.append(1)
+        yield ""  # carries no output: held back, so a failure now is still retried
+        if len(opened) == 1:
+            raise ConnectionResetError("before output")
+        yield "a"
+        if len(opened) == 2:
+            raise ConnectionResetError("after output")
+
+    with pytest.raises(ConnectionResetError, match="after output"):
+        assert list(words()) == ["", "a"]
+    assert len(opened) == 2
+    assert otel.value("ragobs.retry.exhausted", ragobs__retry__reason="output_started") == 1

@@ -472,12 +472,16 @@ async def test_wrong_things_to_wrap() -> None:
     async def agen() -> AsyncIterator[int]:
         yield 1
 
-    with pytest.raises(TypeError, match="decorates coroutine functions"):
+    with pytest.raises(TypeError, match="deadlines need async code"):
         timeout(total=1)(sync)
+    with pytest.raises(TypeError, match="decorates coroutine functions"):
+        timeout(total=1)(123)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="decorates async generator functions"):
         stream_timeout(idle=1)(sync)
-    with pytest.raises(TypeError, match="stream must be an async iterable"):
+    with pytest.raises(TypeError, match="set its own timeout"):
         stream_timeout([1, 2], idle=1)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="stream must be an async iterable"):
+        stream_timeout(123, idle=1)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="takes an async iterable"):
         stream_timeout(agen, idle=1)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="aw must be awaitable"):

@@ -19,12 +19,20 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+)
 from typing import Any, Final, TypeVar, cast, overload
 
 from ragobs import semconv
 from ragobs._classify import error_type
-from ragobs._sources import aclose_source, aopen
+from ragobs._sources import aclose_source, aopen, close_source, is_deferred, open_sync
 from ragobs.events import emit, logger
 from ragobs.resilience._checks import (
     _check_name,
@@ -123,8 +131,38 @@ async def _recover_stream(source: Any, policy: _Recovery) -> AsyncGenerator[Any,
             await aclose_source(iterator, src, quiet=True)
 
 
+def _recover_sync_stream(source: Any, policy: _Recovery) -> Generator[Any, None, None]:
+    """:func:`_recover_stream` for iterators."""
+    src: Any = None
+    iterator: Iterator[Any] | None = None
+    exhausted = False
+    partial = False
+    try:
+        while True:
+            try:
+                if iterator is None:
+                    src, iterator = open_sync(source)
+                chunk = next(iterator)
+            except StopIteration:
+                exhausted = True
+                return
+            except Exception as exc:
+                if not policy.recovers(exc):
+                    raise
+                failure: Exception = exc
+                break
+            partial = True
+            yield chunk
+        close_source(iterator, src, quiet=True)
+        iterator = None
+        yield policy.serve(failure, partial=partial)
+    finally:
+        if not exhausted and iterator is not None:
+            close_source(iterator, src, quiet=True)
+
+
 def fallback_stream(
-    stream: AsyncIterable[T],
+    stream: AsyncIterable[T] | Awaitable[AsyncIterable[T]] | Callable[[], Any],
     *,
     message: Message = DEFAULT_FALLBACK_MESSAGE,
     on: ExceptionFilter | None = None,
@@ -134,10 +172,14 @@ def fallback_stream(
 ) -> AsyncGenerator[T | Any, None]:
     """The chunks of ``stream``; if it fails, the fallback message as a last chunk.
 
-    Same arguments and guarantees as :func:`fallback`.
+    ``stream`` is an async iterable, or an un-awaited call or zero-argument
+    factory giving one: then a failure of the request itself (a 429 before
+    any chunk) is recovered too. Same arguments and guarantees as
+    :func:`fallback`; closing the returned generator closes the source object.
     """
-    if not hasattr(stream, "__aiter__"):
-        raise TypeError(f"stream must be an async iterable, got {stream!r}")
+    if not hasattr(stream, "__aiter__") and not is_deferred(stream):
+        raise TypeError("stream must be an async iterable, an un-awaited call giving one or a "
+                        f"zero-argument factory, got {stream!r}")
     policy = _Recovery(message=message, on=on, level=level, name=name, telemetry=telemetry)
     return _recover_stream(stream, policy.named(_default_name(stream, "fallback_stream")))
 
@@ -169,8 +211,8 @@ def fallback(
     Usable bare (``@fallback``) or with arguments; the decorated function
     keeps its name, docstring and signature.
 
-    * A coroutine function returns the fallback message in place of raising.
-    * An async generator function yields the fallback message as its last
+    * A function (async or sync) returns the fallback message in place of raising.
+    * A generator function (async or sync) yields the fallback message as its last
       chunk and ends normally. If it had already yielded part of an answer,
       the message is still appended after that partial output (so the user
       learns the answer is cut short); the event's ``fallback.partial`` says
@@ -215,9 +257,25 @@ def fallback(
                     return named.serve(exc)
 
             return cast(F, wrapper)
-        raise TypeError(
-            "fallback decorates coroutine functions and async generator functions, got "
-            f"{func!r}; wrap a stream with fallback_stream()")
+        if inspect.isgeneratorfunction(func):
+            @functools.wraps(func)
+            def sync_stream_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, None, None]:
+                return _recover_sync_stream(func(*args, **kwargs), named)
+
+            return cast(F, sync_stream_wrapper)
+        if callable(func):
+            @functools.wraps(func)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return func(*args, **kwargs)
+                except Exception as exc:
+                    if not named.recovers(exc):
+                        raise
+                    return named.serve(exc)
+
+            return cast(F, sync_wrapper)
+        raise TypeError(f"fallback decorates functions and generator functions (sync or "
+                        f"async), got {func!r}; wrap a stream with fallback_stream()")
 
     if fn is not None:
         return decorate(fn)

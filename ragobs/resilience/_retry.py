@@ -36,7 +36,16 @@ import logging
 import math
 import random
 import threading
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+)
 from contextvars import ContextVar
 from typing import Any, Final, TypeVar, cast, overload
 
@@ -44,7 +53,7 @@ from opentelemetry.util.types import AttributeValue
 
 from ragobs import semconv
 from ragobs._classify import error_type, is_retryable, retry_after
-from ragobs._sources import aclose_source, aopen
+from ragobs._sources import aclose_source, aopen, close_source, open_sync
 from ragobs.chunks import carries_output
 from ragobs.clock import Clock
 from ragobs.events import emit
@@ -247,26 +256,46 @@ class _Policy(_Named):
             wait = server
         return wait, server
 
-    async def pause(self, exc: BaseException, attempt: int, start: float) -> bool:
-        """After attempt number ``attempt`` failed with ``exc``: wait and return
-        True to try again, or report giving up and return False."""
+    def decide(self, exc: BaseException, attempt: int, start: float) -> float | None:
+        """After attempt number ``attempt`` failed with ``exc``: the wait before
+        the next one (reported), or None to give up (reported when it was
+        retryable)."""
         if not self.retryable(exc):
-            return False
+            return None
         if attempt >= self.attempts:
             self.give_up(exc, attempt, REASON_ATTEMPTS)
-            return False
+            return None
         wait, server = self.delay(attempt, exc)
         if server is not None and server > self.max_retry_after:
             self.give_up(exc, attempt, REASON_RETRY_AFTER)
-            return False
+            return None
         if self.deadline is not None and self.clock.now() + wait > start + self.deadline:
             self.give_up(exc, attempt, REASON_DEADLINE)
-            return False
+            return None
         if self.budget is not None and not self.budget.try_retry():
             self.give_up(exc, attempt, REASON_BUDGET)
-            return False
+            return None
         self._report_retry(exc, attempt + 1, wait, server)
+        return wait
+
+    async def pause(self, exc: BaseException, attempt: int, start: float) -> bool:
+        """:meth:`decide`, then wait: True to try again."""
+        wait = self.decide(exc, attempt, start)
+        if wait is None:
+            return False
         await self.clock.sleep(wait)
+        return True
+
+    def pause_sync(self, exc: BaseException, attempt: int, start: float) -> bool:
+        """:meth:`pause` for the synchronous wrappers: blocks the thread."""
+        wait = self.decide(exc, attempt, start)
+        if wait is None:
+            return False
+        sleep = getattr(self.clock, "sleep_sync", None)
+        if sleep is None:
+            time.sleep(wait)
+        else:
+            sleep(wait)
         return True
 
     def output_started(self, exc: BaseException, attempt: int) -> None:
@@ -348,6 +377,33 @@ async def _open(factory: Callable[[], Any]) -> tuple[Any, AsyncIterator[Any]]:
         in_retry.reset(flag)
 
 
+def _sync_wrapper(fn: Callable[..., T], policy: _Policy) -> Callable[..., T]:
+    budget = policy.budget
+    clock = policy.clock
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        if budget is not None:
+            budget.record_call()
+        start = clock.now() if policy.deadline is not None else 0.0
+        flag = in_retry.set(True)
+        try:
+            attempt = 1
+            while True:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    failure: Exception = exc
+                if not policy.pause_sync(failure, attempt, start):
+                    raise failure
+                del failure
+                attempt += 1
+        finally:
+            in_retry.reset(flag)
+
+    return wrapper
+
+
 #: Chunks that carry no output (an OpenAI role chunk, an Anthropic
 #: message_start) held back before the first output chunk, so that a failure
 #: there can still be retried without repeating anything; past this many the
@@ -403,6 +459,56 @@ async def _retry_stream(factory: Callable[[], Any], policy: _Policy) -> AsyncGen
             await aclose_source(iterator, source, quiet=True)
 
 
+def _retry_sync_stream(factory: Callable[[], Any], policy: _Policy
+                       ) -> Generator[Any, None, None]:
+    """:func:`_retry_stream` for iterators (sync generator functions)."""
+    if policy.budget is not None:
+        policy.budget.record_call()
+    start = policy.clock.now() if policy.deadline is not None else 0.0
+    attempt = 1
+    held: list[Any] = []
+    while True:
+        source: Any = None
+        iterator: Iterator[Any] | None = None
+        held.clear()
+        flag = in_retry.set(True)
+        try:
+            source, iterator = open_sync(factory)
+            while True:
+                chunk = next(iterator)
+                held.append(chunk)
+                if len(held) >= _HELD_BEFORE_OUTPUT or carries_output(chunk):
+                    break
+            break
+        except StopIteration:
+            break
+        except Exception as exc:
+            failure: Exception = exc
+        except BaseException:
+            close_source(iterator, source, quiet=True)
+            raise
+        finally:
+            in_retry.reset(flag)
+        close_source(iterator, source, quiet=True)
+        if not policy.pause_sync(failure, attempt, start):
+            raise failure
+        del failure
+        attempt += 1
+    finished = False
+    try:
+        yield from held
+        held.clear()
+        if iterator is not None:
+            yield from iterator
+        finished = True
+    except Exception as exc:
+        policy.output_started(exc, attempt)
+        raise
+    finally:
+        if not finished:
+            close_source(iterator, source, quiet=True)
+
+
 @overload
 def retry(fn: F, /) -> F: ...
 
@@ -436,7 +542,11 @@ def retry(
     rng: Callable[[], float] | None = None,
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
 ) -> Any:
-    """Retry a coroutine function or an async generator function on failure.
+    """Retry a function or a generator function (async or sync) on failure.
+
+    Synchronous functions and generator functions wait between attempts by
+    blocking their thread (``clock.sleep_sync`` when the clock has one, else
+    :func:`time.sleep`).
 
     Usable bare (``@retry``) or with arguments (``@retry(attempts=3)``); the
     decorated function keeps its name, docstring and signature.
@@ -508,10 +618,16 @@ def retry(
             return cast(F, stream_wrapper)
         if inspect.iscoroutinefunction(func):
             return cast(F, _coroutine_wrapper(func, named))
-        raise TypeError(
-            "retry decorates coroutine functions and async generator functions, got "
-            f"{func!r}; wrap a stream factory with retry_stream()"
-        )
+        if inspect.isgeneratorfunction(func):
+            @functools.wraps(func)
+            def sync_stream_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, None, None]:
+                return _retry_sync_stream(functools.partial(func, *args, **kwargs), named)
+
+            return cast(F, sync_stream_wrapper)
+        if callable(func):
+            return cast(F, _sync_wrapper(func, named))
+        raise TypeError(f"retry decorates functions and generator functions (sync or async), "
+                        f"got {func!r}")
 
     if fn is not None:
         return decorate(fn)

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast, overload
 
 from ragobs import semconv
+from ragobs._sources import aclose_source, aopen, is_deferred
+from ragobs.chunks import carries_output
 from ragobs.clock import Cancellable, Clock
 from ragobs.errors import StreamTimeout, TimeoutKind
 from ragobs.events import emit
@@ -50,6 +52,14 @@ __all__ = ["stream_timeout", "timeout", "with_timeout"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Why the deadlines take no synchronous streams or functions.
+_NO_SYNC: Final = (
+    "ragobs deadlines need async code: a thread blocked in a synchronous read cannot be "
+    "interrupted safely from Python, so a deadline could only be noticed after the read "
+    "returns, too late to mean anything. For a sync client set its own timeout "
+    "(openai.OpenAI(timeout=...), anthropic.Anthropic(timeout=...)): its timeout errors "
+    "are recorded as outcome 'timeout' and retried by ragobs.retry")
 
 LIMIT: Final = "timeout.limit_s"
 ELAPSED: Final = "timeout.elapsed_s"
@@ -218,17 +228,26 @@ class _StreamLimits:
     telemetry: Telemetry | None
 
 
-async def _timed_stream(source: AsyncIterable[T], limits: _StreamLimits
-                        ) -> AsyncGenerator[T, None]:
+async def _timed_stream(source: Any, limits: _StreamLimits) -> AsyncGenerator[Any, None]:
     total, first_token, idle = limits.total, limits.first_token, limits.idle
     name, clock, telemetry = limits.name, limits.clock, limits.telemetry
     now = clock.now
-    iterator: AsyncIterator[T] | None = None
+    src: Any = None
+    iterator: AsyncIterator[Any] | None = None
     finished = False
     alarm = _Alarm(clock)
-    try:
-        iterator = source.__aiter__()
+    pull: Callable[[], Awaitable[Any]]
+
+    async def open_and_pull() -> Any:
+        # The first pull opens the source: a deferred one issues its request
+        # here, so the wait for response headers is inside the deadlines.
+        nonlocal src, iterator, pull
+        src, iterator = await aopen(source)
         pull = iterator.__anext__
+        return await pull()
+
+    pull = open_and_pull
+    try:
         start = now()
         total_at = math.inf if total is None else start + total
         first_at = math.inf if first_token is None else start + first_token
@@ -249,6 +268,7 @@ async def _timed_stream(source: AsyncIterable[T], limits: _StreamLimits
                 when, kind, limit = total_at, "total", total
             if limit is None:
                 if got_first or idle is None:  # no deadline left: pass the rest through
+                    assert iterator is not None
                     async for chunk in iterator:
                         yield chunk
                     finished = True
@@ -258,7 +278,7 @@ async def _timed_stream(source: AsyncIterable[T], limits: _StreamLimits
                 except StopAsyncIteration:
                     finished = True
                     return
-                got_first = bool(chunk)
+                got_first = carries_output(chunk)
                 yield chunk
                 continue
             if t >= when:
@@ -281,15 +301,13 @@ async def _timed_stream(source: AsyncIterable[T], limits: _StreamLimits
                 alarm.end()
                 raise
             alarm.end()
-            if chunk and not got_first:
+            if not got_first and carries_output(chunk):
                 got_first = True
             yield chunk
     finally:
         alarm.close()
         if not finished and iterator is not None:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_source(iterator, src)
 
 
 def _check_stream_limits(total: object, first_token: object,
@@ -332,13 +350,19 @@ def stream_timeout(
 ) -> Any:
     """The chunks of ``stream``, under up to three deadlines.
 
+    ``stream`` is an async iterable, or an un-awaited call or zero-argument
+    factory giving one (``client.chat.completions.create(..., stream=True)``):
+    then the request itself, and the wait for response headers, count
+    against ``first_token`` and ``total``.
+
     Each deadline is optional (at least one must be given), in seconds > 0:
 
     * ``total``: from the consumer's first request for a chunk to the end of
       the stream (time the consumer spends between chunks counts);
-    * ``first_token``: from that first request until the first non-empty
-      (truthy) chunk arrives;
-    * ``idle``: after the first non-empty chunk, how long the source may take
+    * ``first_token``: from that first request until the first chunk that
+      carries output arrives (an SDK's role or metadata chunks do not count;
+      see :mod:`ragobs.chunks`);
+    * ``idle``: after that first output chunk, how long the source may take
       to produce each next chunk (time the consumer spends does not count).
 
     When one passes, the wait is cancelled, the source is closed (its
@@ -356,6 +380,8 @@ def stream_timeout(
     tel = _check_telemetry(telemetry)
     if stream is None:
         def decorate(func: F) -> F:
+            if inspect.isgeneratorfunction(func):
+                raise TypeError(_NO_SYNC)
             if not inspect.isasyncgenfunction(func):
                 raise TypeError(
                     f"stream_timeout decorates async generator functions, got {func!r}")
@@ -372,8 +398,11 @@ def stream_timeout(
     if inspect.isasyncgenfunction(stream):
         raise TypeError("stream_timeout(stream) takes an async iterable; to decorate an async "
                         "generator function use @stream_timeout(...) with keyword arguments")
-    if not hasattr(stream, "__aiter__"):
-        raise TypeError(f"stream must be an async iterable, got {stream!r}")
+    if hasattr(stream, "__iter__") and not hasattr(stream, "__aiter__"):
+        raise TypeError(_NO_SYNC)
+    if not hasattr(stream, "__aiter__") and not is_deferred(stream):
+        raise TypeError("stream must be an async iterable, an un-awaited call giving one or a "
+                        f"zero-argument factory, got {stream!r}")
     return _timed_stream(stream, _StreamLimits(
         *limits, label or _default_name(stream, "stream_timeout"), clk, tel))
 
@@ -427,6 +456,8 @@ def timeout(
                 return await _run(func(*args, **kwargs), limit, named, clk, tel)
 
             return cast(F, wrapper)
+        if callable(func):
+            raise TypeError(_NO_SYNC)
         raise TypeError(
             f"timeout decorates coroutine functions and async generator functions, got {func!r}")
 
