@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from ragobs.exposition import PrometheusReader
-from ragobs.labels import DEFAULT_MAX_VALUES
+from ragobs.labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES
 from ragobs.resilience._report import resilience_counts
 from ragobs.server.app import create_app
 from ragobs.server.sidecar import Sidecar
@@ -142,6 +142,7 @@ def setup(
     registry: CollectorRegistry | None = None,
     set_global: bool = True,
     max_label_values: int = DEFAULT_MAX_VALUES,
+    max_series: int = DEFAULT_MAX_SERIES,
     capture_content: bool = False,
 ) -> Runtime:
     """Set up tracing, metrics, Prometheus exposition and (``serve``) the sidecar.
@@ -156,6 +157,8 @@ def setup(
         set_global: install the providers and the :class:`Telemetry` as
             process-wide defaults. ``False`` builds an isolated runtime.
         max_label_values: distinct values per attribute before ``_OTHER``.
+        max_series: distinct label combinations of the per-stream instruments
+            before later ones fold to ``_OTHER`` (see :class:`Telemetry`).
         capture_content: opt in to answer text on spans (see :class:`Telemetry`).
 
     Calling it again with ``set_global=True`` returns the runtime already set up.
@@ -215,6 +218,7 @@ def setup(
             tracer_provider=None if tracer_provider in _installed else tracer_provider,
             meter_provider=None if meter_provider in _installed else meter_provider,
             max_label_values=max_label_values,
+            max_series=max_series,
             capture_content=capture_content,
             exemplars=exemplars,
         )

@@ -65,6 +65,30 @@ _attach = otel_context.attach
 _detach = otel_context.detach
 
 
+#: Which attributes give way first when a label combination is over the
+#: series bound: the error type, then the model, provider and operation. The
+#: outcome never does.
+_FOLD_ORDER: Final = (semconv.ERROR_TYPE, semconv.REQUEST_MODEL, semconv.PROVIDER_NAME,
+                      semconv.OPERATION_NAME)
+
+
+def _admitted(telemetry: Telemetry, attrs: dict[str, str]) -> dict[str, str]:
+    """``attrs``, folded to ``_OTHER`` value by value until the combination is
+    within the telemetry's series bound (see :class:`~ragobs.labels.SeriesGuard`)."""
+    guard = telemetry.series
+    if guard.admit(tuple(sorted(attrs.items()))):
+        return attrs
+    folded = dict(attrs)
+    for name in _FOLD_ORDER:
+        if name in folded and folded[name] != semconv.OTHER:
+            folded[name] = semconv.OTHER
+            last = all(folded.get(n, semconv.OTHER) == semconv.OTHER for n in _FOLD_ORDER)
+            if guard.admit(tuple(sorted(folded.items())), reserved=last):
+                return folded
+    guard.admit(tuple(sorted(folded.items())), reserved=True)
+    return folded
+
+
 class _Ending:
     """Everything :meth:`StreamObservation.finish` needs for one (labels, outcome,
     error.type), built once and reused by every stream that ends that way."""
@@ -78,10 +102,11 @@ class _Ending:
         attrs[semconv.OUTCOME] = self.outcome = outcome.value
         if etype is not None:
             attrs[semconv.ERROR_TYPE] = telemetry.bound(semconv.ERROR_TYPE, etype)
-        #: histogram attributes, and the sorted key of the counters and exemplars
-        self.attrs = attrs
-        self.key = tuple(sorted(attrs.items()))
+        #: the span's error.type (metrics may fold it, spans are not aggregated)
         self.error_type = attrs.get(semconv.ERROR_TYPE)
+        #: histogram attributes, and the sorted key of the counters and exemplars
+        self.attrs = attrs = _admitted(telemetry, attrs)
+        self.key = tuple(sorted(attrs.items()))
         self.output_attrs = {**attrs, semconv.TOKEN_TYPE: semconv.TokenType.OUTPUT.value}
         self.input_attrs = {**attrs, semconv.TOKEN_TYPE: semconv.TokenType.INPUT.value}
         #: (latency, TTFT) series of ragobs' own exemplar table, if it keeps one
@@ -115,7 +140,7 @@ class _LabelSet:
         self.span_attributes = attrs
         self.start_attributes: dict[str, AttributeValue] = {**attrs,
                                                             semconv.REQUEST_STREAM: True}
-        self.active_key = tuple(sorted(attrs.items()))
+        self.active_key = tuple(sorted(_admitted(telemetry, attrs).items()))
         self._ends: dict[tuple[Outcome, str | None], _Ending] = {}
         self._telemetry = telemetry
 

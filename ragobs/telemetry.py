@@ -19,7 +19,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 
 from ragobs import semconv
 from ragobs._version import __version__
-from ragobs.labels import DEFAULT_MAX_VALUES, LabelGuard
+from ragobs.labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES, LabelGuard, SeriesGuard
 from ragobs.semconv import InstrumentSpec, Kind
 from ragobs.summary_stats import SummaryStats
 
@@ -194,6 +194,11 @@ class Telemetry:
             :class:`~ragobs.summary_stats.SummaryStats` by default.
         max_label_values: distinct values allowed per attribute before the
             rest are reported as ``_OTHER``.
+        max_series: distinct label combinations (operation, provider, model,
+            outcome, error type) of the per-stream instruments; later ones are
+            folded to ``_OTHER`` (error type first, the outcome never), so
+            counts stay exact and each instrument stays far under the SDK's
+            2,000-series limit.
         capture_content: opt in to put the answer text of instrumented streams
             on their spans (``gen_ai.output.messages``, at most 64 Ki characters;
             str or bytes chunks). Off by default; ragobs never puts text in
@@ -210,14 +215,24 @@ class Telemetry:
         meter_provider: metrics.MeterProvider | None = None,
         summary: SummaryStats | None = None,
         max_label_values: int = DEFAULT_MAX_VALUES,
+        max_series: int = DEFAULT_MAX_SERIES,
         capture_content: bool = False,
         exemplars: ExemplarTable | None = None,
     ) -> None:
+        _check_provider("tracer_provider", tracer_provider, trace.TracerProvider)
+        _check_provider("meter_provider", meter_provider, metrics.MeterProvider)
+        if summary is not None and not isinstance(summary, SummaryStats):
+            raise TypeError(f"summary must be a SummaryStats or None, got {summary!r}")
+        if not isinstance(capture_content, bool):
+            raise TypeError(f"capture_content must be a bool, got {capture_content!r}")
+        if exemplars is not None and not isinstance(exemplars, ExemplarTable):
+            raise TypeError(f"exemplars must be an ExemplarTable or None, got {exemplars!r}")
         self.tracer = trace.get_tracer(SCOPE_NAME, __version__, tracer_provider)
         if (not isinstance(max_label_values, int) or isinstance(max_label_values, bool)
                 or max_label_values < 1):
             raise ValueError(f"max_label_values must be an int >= 1, got {max_label_values!r}")
         self.labels = LabelGuard(max_label_values)
+        self.series = SeriesGuard(max_series)
         self.summary = summary if summary is not None else SummaryStats()
         self.capture_content = capture_content
         self.exemplars = exemplars
@@ -256,6 +271,12 @@ class Telemetry:
     def bound(self, key: str, value: str) -> str:
         """``value`` capped by this telemetry's label guard."""
         return self.labels.bound(key, value)
+
+
+def _check_provider(arg: str, value: object, kind: type) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{arg} must be an OpenTelemetry {kind.__name__} or None, "
+                        f"got {value!r}")
 
 
 class _SharedInstruments:
