@@ -116,15 +116,26 @@ def _openai_usage(usage: Any, sink: ChunkSink) -> None:
 
 def read_openai_chat(chunk: Any, sink: ChunkSink) -> int:
     """An OpenAI ``ChatCompletionChunk`` (object form)."""
+    choices = chunk.choices
+    usage = getattr(chunk, "usage", None)
+    if usage is None and len(choices) == 1 and sink.response_model is not None:
+        choice = choices[0]  # the common case, read with as few lookups as it takes
+        if choice.finish_reason is None:
+            delta = choice.delta
+            if delta is None:
+                return 0
+            if delta.content or getattr(delta, "refusal", None) \
+                    or getattr(delta, "tool_calls", None):
+                return 1
+            return 0
     n = 0
-    for choice in chunk.choices:
+    for choice in choices:
         delta = choice.delta
         if delta is not None and (delta.content or getattr(delta, "refusal", None)
                                   or getattr(delta, "tool_calls", None)):
             n += 1
         if choice.finish_reason:
             sink.note_response(finish_reason=str(choice.finish_reason))
-    usage = getattr(chunk, "usage", None)
     if usage is not None:
         _openai_usage(usage, sink)
     if sink.response_model is None:

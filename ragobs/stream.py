@@ -48,7 +48,7 @@ from opentelemetry.util.types import AttributeValue
 from ragobs import semconv
 from ragobs._classify import classify, error_type
 from ragobs._sources import aclose_source, aopen, close_source, open_sync
-from ragobs.chunks import ChunkReader, reader_for, readers
+from ragobs.chunks import ChunkReader, read_openai_chat, reader_for, readers
 from ragobs.semconv import Outcome
 from ragobs.summary_stats import SummaryStats
 from ragobs.telemetry import ExemplarSeries, Telemetry, get_telemetry
@@ -613,6 +613,22 @@ async def _observe_async(
                 if chunk:
                     n += 1
                 yield chunk
+        elif reader_for(chunk) is read_openai_chat and not capture:
+            cls = chunk.__class__
+            async for chunk in it:  # the hot loop for OpenAI chat chunks
+                # A plain content delta (the bulk of a stream) is told by five
+                # attribute reads; anything else (finish, usage, tool calls,
+                # several choices) goes through the full reader.
+                if chunk.__class__ is cls and chunk.usage is None:
+                    choices = chunk.choices
+                    if len(choices) == 1:
+                        choice = choices[0]
+                        if choice.finish_reason is None and choice.delta.content:
+                            n += 1
+                            yield chunk
+                            continue
+                n += reader_for(chunk)(chunk, obs)
+                yield chunk
         else:
             get = readers.get
             async for chunk in it:  # the hot loop for chunk objects
@@ -679,6 +695,19 @@ def _observe_sync(
             for chunk in it:
                 if chunk:
                     n += 1
+                yield chunk
+        elif reader_for(chunk) is read_openai_chat and not capture:
+            cls = chunk.__class__
+            for chunk in it:  # as in _observe_async
+                if chunk.__class__ is cls and chunk.usage is None:
+                    choices = chunk.choices
+                    if len(choices) == 1:
+                        choice = choices[0]
+                        if choice.finish_reason is None and choice.delta.content:
+                            n += 1
+                            yield chunk
+                            continue
+                n += reader_for(chunk)(chunk, obs)
                 yield chunk
         else:
             get = readers.get
