@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -63,6 +64,9 @@ class ManualClock:
     """
 
     def __init__(self, start: float = 0.0) -> None:
+        if (not isinstance(start, (int, float)) or isinstance(start, bool)
+                or not math.isfinite(start)):
+            raise ValueError(f"start must be a finite number, got {start!r}")
         self._now = float(start)
         self._sleepers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
@@ -89,8 +93,8 @@ class ManualClock:
         """The synchronous wrappers' wait: moves the clock on by ``seconds``
         at once, running the timers that fall due (nothing else can run
         while a thread waits, so nobody else needs to advance it)."""
-        if not seconds >= 0:  # also refuses NaN
-            raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
+        if not 0 <= seconds < math.inf:  # also refuses NaN
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         target = self._now + seconds
         while self._sleepers and self._sleepers[0][0] <= target:
             deadline, _, timer = heapq.heappop(self._sleepers)
@@ -119,8 +123,9 @@ class ManualClock:
         Sleepers are woken one deadline at a time and given a chance to run,
         so a task that sleeps again inside the advanced span is woken too.
         """
-        if seconds < 0:
-            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        if (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
+                or not 0 <= seconds < math.inf):
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         target = self._now + seconds
         await _settle()
         while self._sleepers and self._sleepers[0][0] <= target:

@@ -16,6 +16,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, field
+from typing import Final
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -29,7 +30,7 @@ from ragobs.exposition import PrometheusReader
 from ragobs.labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES
 from ragobs.resilience._report import resilience_counts
 from ragobs.server.app import create_app
-from ragobs.server.sidecar import Sidecar
+from ragobs.server.sidecar import Sidecar, resolve_address
 from ragobs.telemetry import ExemplarTable, Telemetry, set_telemetry
 
 logger = logging.getLogger("ragobs")
@@ -102,6 +103,29 @@ def _install(provider: object, existing: object, kind: str) -> bool:
     return True
 
 
+_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off", ""})
+#: The GenAI semantic conventions' switch for message content on spans.
+CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+def _capture_content(value: object) -> bool:
+    arg = "capture_content"
+    if value is None:
+        value = os.environ.get(CAPTURE_CONTENT_ENV, "false")
+        arg = CAPTURE_CONTENT_ENV
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    raise ValueError(f"{arg} must be a bool or one of true/false/1/0/yes/no/on/off, "
+                     f"got {value!r}")
+
+
 def _otlp_enabled(signal: str) -> bool:
     """Whether ``signal`` ("traces" or "metrics") leaves by OTLP: an endpoint is
     set for it (``OTEL_EXPORTER_OTLP_ENDPOINT`` or the signal's own) and
@@ -143,7 +167,7 @@ def setup(
     set_global: bool = True,
     max_label_values: int = DEFAULT_MAX_VALUES,
     max_series: int = DEFAULT_MAX_SERIES,
-    capture_content: bool = False,
+    capture_content: bool | str | None = None,
 ) -> Runtime:
     """Set up tracing, metrics, Prometheus exposition and (``serve``) the sidecar.
 
@@ -159,11 +183,25 @@ def setup(
         max_label_values: distinct values per attribute before ``_OTHER``.
         max_series: distinct label combinations of the per-stream instruments
             before later ones fold to ``_OTHER`` (see :class:`Telemetry`).
-        capture_content: opt in to answer text on spans (see :class:`Telemetry`).
+        capture_content: opt in to answer text on spans (see :class:`Telemetry`):
+            a bool, or a string as environment variables give them ("true",
+            "false", "1", "0", "yes", "no", "on", "off"). ``None`` (default):
+            ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, else off.
 
     Calling it again with ``set_global=True`` returns the runtime already set up.
     """
     global _current
+    if service_name is not None and (not isinstance(service_name, str) or not service_name):
+        raise ValueError(f"service_name must be a non-empty str or None, got {service_name!r}")
+    for arg, flag in (("serve", serve), ("set_global", set_global)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{arg} must be a bool, got {flag!r}")
+    if registry is not None and not isinstance(registry, CollectorRegistry):
+        raise TypeError(f"registry must be a prometheus_client CollectorRegistry or None, "
+                        f"got {registry!r}")
+    capture = _capture_content(capture_content)
+    if serve:
+        resolve_address(host, port)  # bad host / port: fail before building anything
     with _lock:
         if set_global and _current is not None:
             return _current
@@ -219,7 +257,7 @@ def setup(
             meter_provider=None if meter_provider in _installed else meter_provider,
             max_label_values=max_label_values,
             max_series=max_series,
-            capture_content=capture_content,
+            capture_content=capture,
             exemplars=exemplars,
         )
         runtime = Runtime(telemetry, registry, name, meter_provider, tracer_provider,

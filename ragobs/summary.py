@@ -24,7 +24,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from typing import Any, SupportsIndex, TextIO, overload
+from typing import Any, Final, SupportsIndex, TextIO, overload
 
 from ragobs.stream import StreamObservation, _check_names, _observation
 from ragobs.summary_stats import Summary, SummaryStats
@@ -68,6 +68,10 @@ class RecentSessions(deque[Session]):
         return super().__getitem__(index)
 
 
+#: The most finished sessions ``StreamingMetrics`` may be asked to keep.
+MAX_KEEP_SESSIONS: Final = 10_000_000
+
+
 class StreamingMetrics:
     """Seed-compatible session metrics with a terminal dashboard.
 
@@ -88,8 +92,9 @@ class StreamingMetrics:
     ) -> None:
         _check_names(operation, model, provider)
         if (not isinstance(keep_sessions, int) or isinstance(keep_sessions, bool)
-                or keep_sessions < 0):
-            raise ValueError(f"keep_sessions must be an int >= 0, got {keep_sessions!r}")
+                or not 0 <= keep_sessions <= MAX_KEEP_SESSIONS):
+            raise ValueError(f"keep_sessions must be an int in 0..{MAX_KEEP_SESSIONS}, "
+                             f"got {keep_sessions!r}")
         self._labels = (operation, provider, model)
         self._telemetry = telemetry
         self._stats = SummaryStats()
@@ -121,30 +126,43 @@ class StreamingMetrics:
             obs.span.add_event("gen_ai.first_chunk")
 
     def finish_session(self, session: Session) -> None:
-        """Record the session (once) from its ``token_count`` and ``error``."""
+        """Record the session (once) from its ``token_count`` and ``error``.
+
+        A session whose ``token_count`` is not an int >= 0 is still recorded
+        (as a failed request, with no token figure), then ``ValueError`` says
+        what was wrong: it never stays in flight.
+        """
         obs = _obs_of(session)
         end = time.perf_counter()
         session._finalizer.detach()
+        first_time = not obs._finished
         tokens = session["token_count"]
+        invalid: ValueError | None = None
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-            raise ValueError(f"session['token_count'] must be an int >= 0, got {tokens!r}")
+            invalid = ValueError(f"session['token_count'] must be an int >= 0, got {tokens!r}")
+            tokens = 0
         first = session["first_token_time"]
         if first is not None and obs._t_first is None:
             obs._t_first = first
         obs._n_tokens = tokens
         error = session["error"]
         exc: BaseException | None
-        if error is None or error is False or error == "":
+        if invalid is not None:
+            exc = invalid
+        elif error is None or error is False or error == "":
             exc = None
         elif isinstance(error, BaseException):
             exc = error
         else:
             exc = SessionError(str(error))
-        if obs.finish(exc, end_time=end) is not None and "end_time" not in session:
+        obs.finish(exc, end_time=end)
+        if first_time:
             session["end_time"] = end
             session["latency"] = end - session["start_time"]
             session["ttft"] = None if first is None else first - session["start_time"]
             self._sessions.append(session)
+        if invalid is not None:
+            raise invalid
 
     def summary(self) -> Summary:
         """Aggregates over every session finished through this object."""

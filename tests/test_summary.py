@@ -107,8 +107,9 @@ def test_sessions_window_is_bounded_and_aggregates_stay_exact(otel: OTelHarness)
 
 
 def test_bad_arguments_name_themselves(otel: OTelHarness) -> None:
-    with pytest.raises(ValueError, match="keep_sessions must be an int >= 0"):
-        StreamingMetrics(keep_sessions=-1)
+    for bad in (-1, 10**100):
+        with pytest.raises(ValueError, match=r"keep_sessions must be an int in 0\.\.10000000"):
+            StreamingMetrics(keep_sessions=bad)
     with pytest.raises(ValueError, match="operation must be a non-empty str"):
         StreamingMetrics(operation="")
     metrics = StreamingMetrics(telemetry=otel.telemetry)
@@ -116,6 +117,14 @@ def test_bad_arguments_name_themselves(otel: OTelHarness) -> None:
     session["token_count"] = -3
     with pytest.raises(ValueError, match=r"session\['token_count'\] must be an int >= 0"):
         metrics.finish_session(session)
+    # Rejected, yet recorded once as a failure: never left in flight.
+    assert otel.value("ragobs.requests.active") == 0
+    assert otel.value("ragobs.requests", ragobs__outcome="error", error__type="ValueError") == 1
+    assert len(metrics.sessions) == 1
+    session["token_count"] = None
+    with pytest.raises(ValueError, match="got None"):
+        metrics.finish_session(session)
+    assert otel.value("ragobs.requests") == 1  # not twice
     with pytest.raises(TypeError, match="session must come from"):
         metrics.finish_session({"token_count": 0})  # type: ignore[arg-type]
 

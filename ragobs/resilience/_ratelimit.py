@@ -50,8 +50,8 @@ from ragobs.resilience._checks import (
     _check_clock,
     _check_name,
     _check_telemetry,
+    _in_range,
     _optional_positive,
-    _positive,
 )
 from ragobs.telemetry import Telemetry, get_telemetry
 
@@ -95,7 +95,9 @@ def check_limits(max_requests: object, window_seconds: object) -> tuple[int, flo
         raise TypeError(f"max_requests must be an int >= 1, got {max_requests!r}")
     if max_requests < 1:
         raise ValueError(f"max_requests must be an int >= 1, got {max_requests!r}")
-    return max_requests, _positive("window_seconds", window_seconds)
+    # Below a microsecond the clocks cannot tell grants apart (the window would
+    # stop limiting); past a year it is a typo.
+    return max_requests, _in_range("window_seconds", window_seconds, 1e-6, 31_536_000.0)
 
 
 class LimiterReport:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sys
 import threading
+from typing import Any
 
 from aiohttp import web
 
@@ -16,6 +19,9 @@ def resolve_address(host: str | None = None, port: int | None = None) -> tuple[s
     """Host and port: arguments, else ``RAGOBS_HOST``/``RAGOBS_PORT``, else the
     standard ``OTEL_EXPORTER_PROMETHEUS_HOST``/``_PORT``, else 127.0.0.1:9464."""
     env = os.environ
+    if host is not None and (not isinstance(host, str) or not host.strip()):
+        raise ValueError(f"host must be a non-empty str (an address or host name) or None, "
+                         f"got {host!r}")
     host = (host or env.get("RAGOBS_HOST") or env.get("OTEL_EXPORTER_PROMETHEUS_HOST")
             or DEFAULT_HOST)
     if port is None:
@@ -30,6 +36,30 @@ def resolve_address(host: str | None = None, port: int | None = None) -> tuple[s
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
     return host, port
+
+
+class _OneLineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger for the sidecar: a malformed request from a
+    scanner or a confused client is one debug line on ``ragobs.sidecar``, not
+    a traceback in the application's stderr."""
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else (
+            sys.exc_info()[1] if exc_info else None)
+        if self.logger.isEnabledFor(logging.DEBUG):
+            text = str(msg) % args if args else str(msg)
+            self.logger.debug("sidecar: %s: %s", text,
+                              f"{type(error).__name__}: {error}" if error else "")
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        kwargs["exc_info"] = kwargs.get("exc_info", False)
+        self.exception(msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: Any, exc_info: Any = None, **kwargs: Any) -> None:
+        self.exception(msg, *args, exc_info=exc_info)
+
+
+_HTTP_LOG = _OneLineLog(logging.getLogger("ragobs.sidecar"), {})
 
 
 class Sidecar:
@@ -54,7 +84,7 @@ class Sidecar:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> Sidecar:
-        runner = web.AppRunner(self._app, access_log=None)
+        runner = web.AppRunner(self._app, access_log=None, logger=_HTTP_LOG)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:
