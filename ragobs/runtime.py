@@ -11,8 +11,10 @@ records into them, and ``/metrics`` serves the prometheus_client registry
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import signal
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -65,9 +67,40 @@ class Runtime:
             await self.sidecar.stop()
             self.sidecar = None
 
+    def handle_sigterm(self) -> bool:
+        """Make SIGTERM stop the program as Ctrl-C does, losing nothing.
+
+        SIGTERM is what ``kill``, systemd, supervisord, Kubernetes and Docker
+        send; by default it ends Python at once, and every span and metric
+        point still queued is lost. This installs a handler (main thread
+        only) raising ``SystemExit(143)``: ``finally`` blocks and ``atexit``
+        run, and :func:`setup` flushes this runtime at exit. An application
+        that installed its own SIGTERM handler keeps it (returns False): call
+        :meth:`shutdown` from it. gunicorn and uvicorn workers need neither:
+        they stop gracefully on SIGTERM and exit normally, which flushes.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("handle_sigterm() must be called from the main thread")
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+            logger.warning("ragobs: SIGTERM already has a handler; keeping it (call "
+                           "runtime.shutdown() from it to flush)")
+            return False
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        return True
+
+    def _shutdown_at_exit(self) -> None:
+        try:
+            self.shutdown()
+        except Exception:  # exit must go on; say why the last figures may be missing
+            logger.exception("ragobs: flushing at exit failed")
+
     def shutdown(self) -> None:
-        """Stop a threaded sidecar, flush exporters, release the registry."""
+        """Stop a threaded sidecar, flush exporters, release the registry.
+
+        Idempotent; :func:`setup` also calls it at interpreter exit.
+        """
         global _current
+        atexit.unregister(self._shutdown_at_exit)
         if self.sidecar is not None:
             self.sidecar.stop_thread()
             self.sidecar = None
@@ -77,6 +110,10 @@ class Runtime:
         with _lock:
             if _current is self:
                 _current = None
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 _current: Runtime | None = None
@@ -168,6 +205,7 @@ def setup(
     max_label_values: int = DEFAULT_MAX_VALUES,
     max_series: int = DEFAULT_MAX_SERIES,
     capture_content: bool | str | None = None,
+    handle_sigterm: bool = False,
 ) -> Runtime:
     """Set up tracing, metrics, Prometheus exposition and (``serve``) the sidecar.
 
@@ -187,13 +225,17 @@ def setup(
             a bool, or a string as environment variables give them ("true",
             "false", "1", "0", "yes", "no", "on", "off"). ``None`` (default):
             ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, else off.
+        handle_sigterm: make SIGTERM stop the program like Ctrl-C, so the
+            flush at exit runs (see :meth:`Runtime.handle_sigterm`). Off by
+            default: a library does not take a process's signals unasked.
 
     Calling it again with ``set_global=True`` returns the runtime already set up.
     """
     global _current
     if service_name is not None and (not isinstance(service_name, str) or not service_name):
         raise ValueError(f"service_name must be a non-empty str or None, got {service_name!r}")
-    for arg, flag in (("serve", serve), ("set_global", set_global)):
+    for arg, flag in (("serve", serve), ("set_global", set_global),
+                      ("handle_sigterm", handle_sigterm)):
         if not isinstance(flag, bool):
             raise TypeError(f"{arg} must be a bool, got {flag!r}")
     if registry is not None and not isinstance(registry, CollectorRegistry):
@@ -232,7 +274,9 @@ def setup(
             readers: list[MetricReader] = [PrometheusReader(registry, exemplars=exemplars)]
             if otlp is not None:
                 readers.append(otlp)
-            meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+            # ragobs flushes it at exit itself (Runtime.shutdown, once).
+            meter_provider = MeterProvider(resource=resource, metric_readers=readers,
+                                           shutdown_on_exit=False)
             owned.append(meter_provider)
             if set_global and _install(meter_provider, existing_meter, "MeterProvider"):
                 metrics.set_meter_provider(meter_provider)
@@ -242,7 +286,7 @@ def setup(
         if isinstance(existing_tracer, TracerProvider) and existing_tracer not in _installed:
             logger.info("ragobs: keeping the application's TracerProvider")
         else:
-            tracer_provider = TracerProvider(resource=resource)
+            tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             if _otlp_enabled("traces"):
                 processor = _otlp_span_processor()
                 if processor is not None:
@@ -262,9 +306,14 @@ def setup(
         )
         runtime = Runtime(telemetry, registry, name, meter_provider, tracer_provider,
                           _owned=owned)
+        # Queued spans and metric points leave at exit, however the program ends
+        # (return, sys.exit, an exception; SIGTERM with handle_sigterm()).
+        atexit.register(runtime._shutdown_at_exit)
         if set_global:
             set_telemetry(telemetry)
             _current = runtime
+    if handle_sigterm:
+        runtime.handle_sigterm()
     if serve:
         runtime.sidecar = runtime.app_sidecar(host, port).start_in_thread()
         logger.info("ragobs sidecar serving %s/metrics", runtime.sidecar.url)
