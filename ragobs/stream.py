@@ -63,6 +63,7 @@ _perf = time.perf_counter
 _NO_EXEMPLAR = Context()
 _attach = otel_context.attach
 _detach = otel_context.detach
+_current = otel_context.get_current
 
 
 #: Which attributes give way first when a label combination is over the
@@ -562,6 +563,19 @@ def _checked(count: Callable[[Any], int]) -> Callable[[Any], int]:
     return checked
 
 
+def _restore(ctx: Context | None, outer: Context) -> None:
+    """Undo a leak of the stream's context into the consumer's.
+
+    A source that opens a context manager (a ``stage``) during a pull made
+    with the stream's span current, and closes it during a later pull, resets
+    the current context to the stream's when it closes: the consumer would go
+    on with the ended stream span current, and its next request would become
+    its child. The leaked value is exactly the stream's context object.
+    """
+    if ctx is not None and _current() is ctx:
+        _attach(outer)
+
+
 def _measure(chunk: Any, obs: StreamObservation, count: Callable[[Any], int] | None) -> int:
     return reader_for(chunk)(chunk, obs) if count is None else count(chunk)
 
@@ -572,6 +586,7 @@ async def _observe_async(
     capture = obs._content is not None
     obs.start()
     ctx = obs._ctx
+    outer = _current()
     src: Any = None
     it: Any = None
     failure: BaseException | None = None
@@ -646,6 +661,7 @@ async def _observe_async(
     finally:
         obs._n_tokens = n
         obs.finish(failure)
+        _restore(ctx, outer)
         if not done and it is not None:
             await aclose_source(it, src, quiet=failure is not None)
 
@@ -656,6 +672,7 @@ def _observe_sync(
     capture = obs._content is not None
     obs.start()
     ctx = obs._ctx
+    outer = _current()
     src: Any = None
     it: Any = None
     failure: BaseException | None = None
@@ -726,6 +743,7 @@ def _observe_sync(
     finally:
         obs._n_tokens = n
         obs.finish(failure)
+        _restore(ctx, outer)
         if not done and it is not None:
             close_source(it, src, quiet=failure is not None)
 

@@ -506,3 +506,36 @@ async def test_answer_text_reaches_spans_only_when_the_user_opts_in(otel: OTelHa
 def test_bad_max_label_values_names_the_argument(bad: object) -> None:
     with pytest.raises(ValueError, match=r"max_label_values must be an int >= 1"):
         Telemetry(max_label_values=bad)  # type: ignore[arg-type]
+
+
+async def test_a_stage_open_across_yields_does_not_leak_the_stream_span(
+        otel: OTelHarness) -> None:
+    """The source opens a stage during one pull and closes it during a later
+    one; after the stream, the consumer's current span is what it was."""
+    from opentelemetry import trace as otel_trace
+
+    async def source() -> AsyncGenerator[str, None]:
+        async with stage("generate", telemetry=otel.telemetry):
+            for i in range(3):
+                yield f"t{i}"
+
+    before = otel_trace.get_current_span()
+    for _ in range(2):
+        async for _chunk in observe_stream(source(), telemetry=otel.telemetry):
+            pass
+        assert otel_trace.get_current_span() is before
+    streams = [s for s in otel.spans() if s.name == "chat"]
+    assert len(streams) == 2
+    assert all(s.parent is None for s in streams)  # the second is not the first's child
+
+
+def test_a_sync_stage_open_across_yields_does_not_leak(otel: OTelHarness) -> None:
+    from opentelemetry import trace as otel_trace
+
+    def source() -> Generator[str, None, None]:
+        with stage("generate", telemetry=otel.telemetry):
+            yield from ("a", "b")
+
+    before = otel_trace.get_current_span()
+    list(observe_stream(source(), telemetry=otel.telemetry))
+    assert otel_trace.get_current_span() is before
