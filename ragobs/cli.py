@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import inspect
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
-from ragobs.demo.agent import DemoConfig
-from ragobs.demo.runner import RunOptions, run_demo
+from ragobs.demo.agent import DemoConfig, import_openai
+from ragobs.demo.runner import PROVIDERS, RunOptions, run_demo
 from ragobs.demo.stack import Protection
 from ragobs.runtime import setup
 
@@ -20,6 +23,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (seconds), got {text}")
     return value
 
 
@@ -54,8 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragobs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run a simulated streaming RAG agent, measured live")
+    demo = sub.add_parser(
+        "demo", help="run a simulated streaming RAG agent, measured live",
+        description="Run a simulated streaming RAG agent through the recommended resilience "
+                    "stack (rate limit, retry, timeouts, fallback), measured live.")
     _add_server_args(demo)
+    demo.add_argument("--provider", choices=PROVIDERS, default="simulated",
+                      help="where answers come from: 'simulated' streams str tokens "
+                           "in-process (default); 'openai' runs the same simulated provider "
+                           "behind a local OpenAI-compatible endpoint and streams it over HTTP "
+                           "through the real openai client (AsyncOpenAI chunks, provider "
+                           "usage; gen_ai.provider.name 'openai', model 'gpt-4o-mini'). "
+                           "Needs: pip install 'ragobs[openai]'")
     demo.add_argument("--requests", type=int, default=200,
                       help="requests to send; 0 = until stopped (default 200)")
     demo.add_argument("--duration", type=_positive_float, default=None,
@@ -73,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate-window", type=_positive_float, default=5.0,
                       help="rate-limit window in seconds, scaled by --time-scale (5)")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
-    demo.add_argument("--linger", type=float, default=0.0,
+    demo.add_argument("--linger", type=_non_negative_float, default=0.0,
                       help="keep serving /metrics this many seconds after the traffic ends")
 
     serve = sub.add_parser("serve", help="run the sidecar standalone")
@@ -83,7 +103,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, systemd, Kubernetes, Docker) cancels the main task, as
+    Ctrl-C does: ``finally`` blocks print the last summary and flush."""
+    task = asyncio.current_task()
+    if task is None or threading.current_thread() is not threading.main_thread():
+        return
+
+    def terminate() -> None:
+        _received.append(signal.SIGTERM)
+        task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+
+
+#: Signals that stopped the command (read by main for the exit code).
+_received: list[int] = []
+
+
 async def _demo(args: argparse.Namespace) -> None:
+    _stop_on_sigterm()
+    if args.provider == "openai":
+        import_openai()  # before serving anything: a missing extra is a clear error
     runtime = setup(service_name=args.service_name, serve=False)
     sidecar = await runtime.start_server(args.host, args.port)
     print(f"ragobs demo: metrics at {sidecar.url}/metrics, live panel at {sidecar.url}/",
@@ -97,6 +139,7 @@ async def _demo(args: argparse.Namespace) -> None:
                        concurrency=args.concurrency, summary_every=args.summary_every),
             protection=Protection(rate_limit=args.rate_limit, rate_window=args.rate_window),
             seed=args.seed,
+            provider=args.provider,
         )
         if args.linger > 0:
             await asyncio.sleep(args.linger)
@@ -106,6 +149,7 @@ async def _demo(args: argparse.Namespace) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    _stop_on_sigterm()
     runtime = setup(service_name=args.service_name, serve=False)
     sidecar = await runtime.start_server(args.host, args.port)
     print(f"ragobs sidecar: {sidecar.url}/metrics", flush=True)
@@ -138,7 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nragobs: stopped", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as exc:
+    except asyncio.CancelledError:
+        if not _received:
+            raise
+        print("\nragobs: stopped (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except (ValueError, OSError, ImportError) as exc:
         print(f"ragobs: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,8 +1,13 @@
-"""A simulated streaming RAG agent with realistic, configurable latency.
+"""The demo's streaming RAG agents, with realistic, configurable latency.
 
-It routes the question, retrieves from "Python docs" or "JavaScript docs",
-then streams an answer token by token. Some queries are slow, some fail
-(before the first token, mid-stream, or with a provider 429 / 503).
+Both route the question, retrieve from "Python docs" or "JavaScript docs",
+then stream an answer. Some queries are slow, some fail (before the first
+token, mid-stream, or with a provider 429 / 503).
+
+* :class:`SimulatedRAGAgent` generates in-process and streams ``str`` tokens;
+* :class:`OpenAIRAGAgent` streams from the real ``openai`` client (an optional
+  dependency, imported when the agent is made) talking to an OpenAI-compatible
+  endpoint, and yields the SDK's ``ChatCompletionChunk`` objects.
 """
 
 from __future__ import annotations
@@ -11,9 +16,21 @@ import asyncio
 import random
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Final
 
 from ragobs.stages import stage
 from ragobs.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI, AsyncStream
+    from openai.types.chat import ChatCompletionChunk
+
+#: The model :class:`OpenAIRAGAgent` asks for.
+OPENAI_MODEL: Final = "gpt-4o-mini"
+#: Marks :meth:`OpenAIRAGAgent.warm_up`'s request, which the demo's server
+#: answers at once and leaves out of its record.
+WARMUP_HEADER: Final = "x-ragobs-warmup"
 
 QUESTIONS = (
     "How do I read a file line by line in Python?",
@@ -26,7 +43,7 @@ QUESTIONS = (
     "What is event bubbling in the DOM?",
 )
 
-_WORDS = tuple(
+WORDS = tuple(
     "the function returns a value that you can pass to another call so the code stays "
     "simple readable and easy to test when the input changes the result updates without "
     "side effects which makes the behaviour predictable in production systems".split()
@@ -72,8 +89,8 @@ class DemoConfig:
                                  f"got {(low, high)!r}")
 
 
-class SimulatedRAGAgent:
-    """Streams answers like an LLM-backed RAG agent would, with stages traced."""
+class RAGAgent:
+    """Routing and retrieval, with stages traced: what the demo's agents share."""
 
     def __init__(self, config: DemoConfig | None = None, *, seed: int | None = None,
                  telemetry: Telemetry | None = None) -> None:
@@ -98,6 +115,16 @@ class SimulatedRAGAgent:
             await asyncio.sleep(self._uniform(bounds))
             return [f"{source}#{self._rng.randrange(1000)}" for _ in range(3)]
 
+    async def aclose(self) -> None:
+        """Release what the agent holds (nothing, here)."""
+
+
+class SimulatedRAGAgent(RAGAgent):
+    """Streams answers like an LLM-backed RAG agent would, with stages traced."""
+
+    provider = "simulated"
+    model = "sim-rag-1"
+
     async def answer(self, question: str) -> AsyncGenerator[str, None]:
         """Stream the answer to ``question`` token by token."""
         cfg = self.config
@@ -121,4 +148,74 @@ class SimulatedRAGAgent:
                 await asyncio.sleep(self._uniform(cfg.token_gap_seconds))
                 if i == fail_at:
                     raise AgentFailure("stream interrupted", status=500)
-                yield rng.choice(_WORDS) + " "
+                yield rng.choice(WORDS) + " "
+
+
+def import_openai() -> ModuleType:
+    """The ``openai`` package, or an ImportError saying how to install it."""
+    try:
+        import openai
+    except ImportError as exc:
+        raise ImportError("the openai provider needs the openai package: "
+                          "pip install 'ragobs[openai]'") from exc
+    return openai
+
+
+class OpenAIRAGAgent(RAGAgent):
+    """The same agent, its generate step a real ``openai.AsyncOpenAI`` stream.
+
+    ``base_url`` is an OpenAI-compatible endpoint (the demo's
+    :class:`~ragobs.demo.openai_wire.OpenAIWireServer`). The client makes no
+    retries of its own (the demo's stack retries), and asks for the usage
+    chunk, so token figures are the provider's.
+    """
+
+    provider = "openai"
+    model = OPENAI_MODEL
+
+    def __init__(self, base_url: str, config: DemoConfig | None = None, *,
+                 seed: int | None = None, telemetry: Telemetry | None = None) -> None:
+        openai = import_openai()
+        super().__init__(config, seed=seed, telemetry=telemetry)
+        self.client: AsyncOpenAI = openai.AsyncOpenAI(base_url=base_url, api_key="demo",
+                                                      max_retries=0)
+
+    async def warm_up(self) -> None:
+        """One unmeasured request before the traffic: the SDK's first call
+        imports and builds what it needs (about 0.1 s, once per process),
+        which is no part of the provider's latency."""
+        stream = await self._request("", extra_headers={WARMUP_HEADER: "1"})
+        async with stream:
+            async for _ in stream:
+                pass
+
+    async def _request(self, question: str, documents: list[str] | None = None,
+                       extra_headers: dict[str, str] | None = None,
+                       ) -> AsyncStream[ChatCompletionChunk]:
+        return await self.client.chat.completions.create(
+            model=self.model,
+            messages=[
+                {"role": "system",
+                 "content": "Answer from these documents: " + ", ".join(documents or ())},
+                {"role": "user", "content": question},
+            ],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=extra_headers,
+        )
+
+    async def answer(self, question: str) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """Stream the answer to ``question`` as the SDK's chunks (role, content,
+        finish and usage chunks); closing this closes the HTTP response."""
+        source = await self.route(question)
+        documents = await self.retrieve(source, question)
+        async with stage("generate", telemetry=self._telemetry):
+            stream = await self._request(question, documents)
+            try:
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                await stream.close()
+
+    async def aclose(self) -> None:
+        await self.client.close()

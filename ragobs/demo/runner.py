@@ -1,4 +1,4 @@
-"""Drive the simulated agent under concurrency and print the dashboard."""
+"""Drive the demo agent under concurrency and print the dashboard."""
 
 from __future__ import annotations
 
@@ -7,14 +7,28 @@ import contextlib
 import itertools
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Final, TextIO
 
-from ragobs.demo.agent import QUESTIONS, DemoConfig, SimulatedRAGAgent
-from ragobs.demo.stack import ProtectedAgent, Protection
+from ragobs.demo.agent import (
+    QUESTIONS,
+    DemoConfig,
+    OpenAIRAGAgent,
+    SimulatedRAGAgent,
+    import_openai,
+)
+from ragobs.demo.openai_wire import OpenAIWireServer
+from ragobs.demo.stack import Agent, ProtectedAgent, Protection
 from ragobs.resilience._report import format_resilience, resilience_counts
 from ragobs.runtime import Runtime
 from ragobs.summary import format_dashboard
+from ragobs.telemetry import Telemetry
+
+#: Where the answers come from: ``simulated`` streams str tokens in-process;
+#: ``openai`` streams the same simulated provider through the real openai
+#: client, over HTTP in the OpenAI wire format (needs ``ragobs[openai]``).
+PROVIDERS: Final = ("simulated", "openai")
 
 
 @dataclass(frozen=True)
@@ -46,18 +60,71 @@ def dashboard(runtime: Runtime) -> str:
             + body[rule_at:])
 
 
+def chunk_text(chunk: object) -> str:
+    """The answer text of one chunk: a str token (or the fallback message), or
+    the content of an OpenAI ``ChatCompletionChunk`` ("" for its role, finish
+    and usage chunks)."""
+    if isinstance(chunk, str):
+        return chunk
+    choices = getattr(chunk, "choices", None)
+    if not choices:
+        return ""
+    content = getattr(getattr(choices[0], "delta", None), "content", None)
+    return content if isinstance(content, str) else ""
+
+
 async def one_request(agent: ProtectedAgent, question: str) -> str:
     """One answer through the full stack; a failure ends in the fallback message."""
-    return "".join([token async for token in agent.answer(question)])
+    return "".join([chunk_text(chunk) async for chunk in agent.answer(question)])
+
+
+@contextlib.asynccontextmanager
+async def open_agent(provider: str, config: DemoConfig, *, seed: int | None = None,
+                     telemetry: Telemetry | None = None, wire: OpenAIWireServer | None = None,
+                     out: TextIO | None = None) -> AsyncIterator[Agent]:
+    """The agent of ``provider`` (see :data:`PROVIDERS`), for the block.
+
+    ``openai``: an :class:`OpenAIRAGAgent` streaming from ``wire``, or from an
+    :class:`OpenAIWireServer` started (and stopped) here; ImportError first
+    if the openai package is missing.
+    """
+    if provider == "simulated":
+        yield SimulatedRAGAgent(config, seed=seed, telemetry=telemetry)
+        return
+    if provider != "openai":
+        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+    openai = import_openai()
+    async with contextlib.AsyncExitStack() as resources:
+        if wire is None:
+            wire = await resources.enter_async_context(OpenAIWireServer(config, seed=seed))
+        agent = OpenAIRAGAgent(wire.url, config, seed=seed, telemetry=telemetry)
+        resources.push_async_callback(agent.aclose)
+        await agent.warm_up()
+        print(f"ragobs demo: answers stream through openai {openai.__version__} "
+              f"(AsyncOpenAI) from the simulated provider at {wire.url}",
+              file=out or sys.stdout, flush=True)
+        yield agent
 
 
 async def run_demo(runtime: Runtime, config: DemoConfig, options: RunOptions, *,
                    protection: Protection | None = None, seed: int | None = None,
-                   out: TextIO | None = None) -> None:
-    """Send traffic until the request count or duration is reached, or cancelled."""
+                   out: TextIO | None = None, provider: str = "simulated",
+                   wire: OpenAIWireServer | None = None) -> None:
+    """Send traffic until the request count or duration is reached, or cancelled.
+
+    ``provider``: see :data:`PROVIDERS`. ``wire``: with ``openai``, a running
+    :class:`OpenAIWireServer` to use instead of starting one (its ``sent``
+    records what it answered).
+    """
     out = out or sys.stdout
-    agent = ProtectedAgent(SimulatedRAGAgent(config, seed=seed, telemetry=runtime.telemetry),
-                           runtime.telemetry, protection, config.time_scale)
+    async with open_agent(provider, config, seed=seed, telemetry=runtime.telemetry,
+                          wire=wire, out=out) as agent:
+        await _drive(ProtectedAgent(agent, runtime.telemetry, protection, config.time_scale),
+                     runtime, options, out)
+
+
+async def _drive(agent: ProtectedAgent, runtime: Runtime, options: RunOptions,
+                 out: TextIO) -> None:
     counter = itertools.count(1)
     deadline = None if options.duration is None else time.monotonic() + options.duration
     done = 0
