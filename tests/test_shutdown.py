@@ -93,9 +93,9 @@ USER_PROGRAM = textwrap.dedent(f"""
 
 
 async def _wait_for_line(proc: asyncio.subprocess.Process, pattern: str,
-                         timeout: float = 30.0) -> str:
+                         limit: float = 30.0) -> str:
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         line = await asyncio.wait_for(proc.stdout.readline(), deadline - time.monotonic())
         if not line:
