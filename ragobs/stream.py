@@ -252,11 +252,18 @@ class StreamObservation:
 
     # -- the hand-written-loop API --------------------------------------
 
-    def first_token(self) -> None:
-        """Mark the first chunk as arrived now (later calls are ignored)."""
+    def first_token(self, at: float | None = None) -> None:
+        """Mark the first chunk as arrived now, or at ``at`` (a
+        :func:`time.perf_counter` value); later calls are ignored."""
         if self._t_first is None:
-            self._t_first = _perf()
+            self._t_first = _perf() if at is None else at
             self._span.add_event(semconv.EVENT_FIRST_CHUNK)
+
+    def set_token_count(self, n: int) -> None:
+        """Replace the count of output tokens (a caller that counts them itself)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        self._n_tokens = n
 
     def tokens(self, n: int = 1) -> None:
         """Count ``n`` output tokens (marks the first token if not yet)."""
@@ -345,6 +352,11 @@ class StreamObservation:
     def span(self) -> trace.Span:
         """The stream's span (non-recording before the stream starts)."""
         return self._span
+
+    @property
+    def finished(self) -> bool:
+        """Whether the stream's figures were recorded (they are, once)."""
+        return self._finished
 
     @property
     def token_count(self) -> int:

@@ -122,8 +122,7 @@ class StreamingMetrics:
         obs = _obs_of(session)
         if session["first_token_time"] is None:
             session["first_token_time"] = time.perf_counter()
-            obs._t_first = session["first_token_time"]
-            obs.span.add_event("gen_ai.first_chunk")
+            obs.first_token(at=session["first_token_time"])
 
     def finish_session(self, session: Session) -> None:
         """Record the session (once) from its ``token_count`` and ``error``.
@@ -135,16 +134,16 @@ class StreamingMetrics:
         obs = _obs_of(session)
         end = time.perf_counter()
         session._finalizer.detach()
-        first_time = not obs._finished
+        first_time = not obs.finished
         tokens = session["token_count"]
         invalid: ValueError | None = None
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
             invalid = ValueError(f"session['token_count'] must be an int >= 0, got {tokens!r}")
             tokens = 0
         first = session["first_token_time"]
-        if first is not None and obs._t_first is None:
-            obs._t_first = first
-        obs._n_tokens = tokens
+        if first is not None:
+            obs.first_token(at=first)
+        obs.set_token_count(tokens)
         error = session["error"]
         exc: BaseException | None
         if invalid is not None:
