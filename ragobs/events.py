@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
+from ragobs import semconv
 from ragobs._classify import error_type
 
 logger = logging.getLogger("ragobs")
@@ -67,16 +68,6 @@ def remove_hook(hook: Hook) -> None:
         _hooks = tuple(h for h in _hooks if h is not hook)
 
 
-def get_hooks() -> tuple[Hook, ...]:
-    return _hooks
-
-
-def current_trace_id() -> str:
-    """Hex trace id of the current span, or "" when there is none."""
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
-
-
 def emit(
     kind: str,
     name: str,
@@ -99,9 +90,9 @@ def emit(
     trace_id = format(span_ctx.trace_id, "032x") if span_ctx.is_valid else ""
     event = Event(kind, name, attrs, error, trace_id)
     if span.is_recording():
-        span_attrs: dict[str, AttributeValue] = {"ragobs.name": name, **attrs}
+        span_attrs: dict[str, AttributeValue] = {semconv.EVENT_NAME: name, **attrs}
         if error is not None:
-            span_attrs["error.type"] = error_type(error)
+            span_attrs[semconv.EVENT_ERROR_TYPE] = error_type(error)
         span.add_event(kind, span_attrs)
     if logger.isEnabledFor(level):
         text = message or f"{kind} {name}"

@@ -76,6 +76,34 @@ EVENT_RETRY_EXHAUSTED: Final = "retry.exhausted"
 EVENT_TIMEOUT: Final = "timeout"
 EVENT_FALLBACK: Final = "fallback"
 
+# --- span event attribute keys (also on log records and hook events) --------
+
+EVENT_NAME: Final = NAME                      # the acting wrapper's name, on every event
+EVENT_ERROR_TYPE: Final = ERROR_TYPE          # the cause's error.type, when there is one
+RETRY_ATTEMPT: Final = "retry.attempt"        # the attempt about to start (2: first retry)
+RETRY_DELAY_S: Final = "retry.delay_s"
+RETRY_AFTER_S: Final = "retry.retry_after_s"  # the server's hint, when it gave one
+RETRY_ATTEMPTS_MADE: Final = "retry.attempts"
+RETRY_GIVE_UP_REASON: Final = "retry.reason"
+TIMEOUT_LIMIT_S: Final = "timeout.limit_s"
+TIMEOUT_ELAPSED_S: Final = "timeout.elapsed_s"
+FALLBACK_PARTIAL: Final = "fallback.partial"  # output had been served before the failure
+RATELIMIT_WAIT_S: Final = "ratelimit.wait_s"
+RATELIMIT_COST: Final = "ratelimit.cost"
+RATELIMIT_MAX_REQUESTS: Final = "ratelimit.max_requests"
+RATELIMIT_WINDOW_S: Final = "ratelimit.window_s"
+
+
+class RetryGiveUp(StrEnum):
+    """Why a retryable failure was not retried (``ragobs.retry.reason``)."""
+
+    ATTEMPTS = "attempts"
+    DEADLINE = "deadline"
+    BUDGET = "budget"
+    OUTPUT_STARTED = "output_started"
+    RETRY_AFTER = "retry_after"
+
+
 # --- bucket boundaries (seconds unless stated) -----------------------------
 
 #: GenAI semconv advice for gen_ai.client.operation.duration.

@@ -52,8 +52,6 @@ T = TypeVar("T")
 
 DEFAULT_FALLBACK_MESSAGE: Final = "I encountered an error. Please try rephrasing your question."
 
-#: Event attribute: True when a stream had already yielded output.
-PARTIAL: Final = "fallback.partial"
 
 Message = str | Callable[[BaseException], Any]
 
@@ -89,7 +87,7 @@ class _Recovery(_Named):
         etype = tel.bound(semconv.ERROR_TYPE, error_type(exc))
         tel.counter(semconv.FALLBACKS).add(
             1, {semconv.NAME: tel.bound(semconv.NAME, name), semconv.ERROR_TYPE: etype})
-        attrs: dict[str, Any] = {} if partial is None else {PARTIAL: partial}
+        attrs: dict[str, Any] = {} if partial is None else {semconv.FALLBACK_PARTIAL: partial}
         emit(semconv.EVENT_FALLBACK, name, attrs, error=exc, level=self.level,
              message=f"fallback served by {name} after {_describe(exc)}")
         message = self.message

@@ -70,6 +70,7 @@ from ragobs.resilience._checks import (
     _optional_positive,
     _positive,
 )
+from ragobs.semconv import RetryGiveUp as GiveUp
 from ragobs.telemetry import Telemetry, get_telemetry
 
 __all__ = ["RetryBudget", "is_retryable", "retry", "retry_stream"]
@@ -82,21 +83,6 @@ ExceptionFilter = (
     type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 )
 
-# Event attribute keys (span events, logs, hooks).
-ATTEMPT: Final = "retry.attempt"
-DELAY: Final = "retry.delay_s"
-RETRY_AFTER: Final = "retry.retry_after_s"
-ATTEMPTS_MADE: Final = "retry.attempts"
-REASON: Final = "retry.reason"
-#: Metric attribute of ``ragobs.retry.exhausted`` (belongs in semconv).
-RETRY_REASON: Final = semconv.RETRY_REASON
-
-#: Why a retryable failure was not retried.
-REASON_ATTEMPTS: Final = "attempts"
-REASON_DEADLINE: Final = "deadline"
-REASON_BUDGET: Final = "budget"
-REASON_OUTPUT_STARTED: Final = "output_started"
-REASON_RETRY_AFTER: Final = "retry_after"
 
 #: The longest server-asked wait that is honoured (as the OpenAI SDK): above
 #: it, the retry gives up at once (reason ``retry_after``) instead of sleeping.
@@ -263,17 +249,17 @@ class _Policy(_Named):
         if not self.retryable(exc):
             return None
         if attempt >= self.attempts:
-            self.give_up(exc, attempt, REASON_ATTEMPTS)
+            self.give_up(exc, attempt, GiveUp.ATTEMPTS)
             return None
         wait, server = self.delay(attempt, exc)
         if server is not None and server > self.max_retry_after:
-            self.give_up(exc, attempt, REASON_RETRY_AFTER)
+            self.give_up(exc, attempt, GiveUp.RETRY_AFTER)
             return None
         if self.deadline is not None and self.clock.now() + wait > start + self.deadline:
-            self.give_up(exc, attempt, REASON_DEADLINE)
+            self.give_up(exc, attempt, GiveUp.DEADLINE)
             return None
         if self.budget is not None and not self.budget.try_retry():
-            self.give_up(exc, attempt, REASON_BUDGET)
+            self.give_up(exc, attempt, GiveUp.BUDGET)
             return None
         self._report_retry(exc, attempt + 1, wait, server)
         return wait
@@ -301,7 +287,7 @@ class _Policy(_Named):
     def output_started(self, exc: BaseException, attempt: int) -> None:
         """A stream failed after yielding: report it if a retry was otherwise possible."""
         if isinstance(exc, Exception) and self.retryable(exc):
-            self.give_up(exc, attempt, REASON_OUTPUT_STARTED)
+            self.give_up(exc, attempt, GiveUp.OUTPUT_STARTED)
 
     def _report_retry(self, exc: BaseException, attempt: int, wait: float,
                       server: float | None) -> None:
@@ -312,26 +298,29 @@ class _Policy(_Named):
         tel.counter(semconv.RETRY_ATTEMPTS).add(
             1, {semconv.NAME: bounded, semconv.ERROR_TYPE: etype})
         tel.histogram(semconv.RETRY_DELAY).record(wait, {semconv.NAME: bounded})
-        attrs: dict[str, AttributeValue] = {ATTEMPT: attempt, DELAY: wait}
+        attrs: dict[str, AttributeValue] = {semconv.RETRY_ATTEMPT: attempt,
+                                            semconv.RETRY_DELAY_S: wait}
         if server is not None:
-            attrs[RETRY_AFTER] = server
+            attrs[semconv.RETRY_AFTER_S] = server
         emit(semconv.EVENT_RETRY, name, attrs, error=exc, level=logging.WARNING,
              message=f"retry {name} after {_describe(exc)}")
 
-    def give_up(self, exc: BaseException, attempts_made: int, reason: str) -> None:
+    def give_up(self, exc: BaseException, attempts_made: int, reason: GiveUp) -> None:
         name = cast(str, self.name)
         tel = self.telemetry or get_telemetry()
         etype = tel.bound(semconv.ERROR_TYPE, error_type(exc))
         tel.counter(semconv.RETRY_EXHAUSTED).add(1, {
             semconv.NAME: tel.bound(semconv.NAME, name),
             semconv.ERROR_TYPE: etype,
-            RETRY_REASON: reason,
+            semconv.RETRY_REASON: reason.value,
         })
         emit(semconv.EVENT_RETRY_EXHAUSTED, name,
-             {ATTEMPTS_MADE: attempts_made, REASON: reason}, error=exc, level=logging.WARNING,
-             message=f"retry {name} gave up ({reason}) after {_describe(exc)}")
+             {semconv.RETRY_ATTEMPTS_MADE: attempts_made,
+              semconv.RETRY_GIVE_UP_REASON: reason.value},
+             error=exc, level=logging.WARNING,
+             message=f"retry {name} gave up ({reason.value}) after {_describe(exc)}")
         with contextlib.suppress(Exception):
-            exc.add_note(f"ragobs retry {name!r}: not retried ({reason}) after "
+            exc.add_note(f"ragobs retry {name!r}: not retried ({reason.value}) after "
                          f"{attempts_made} attempt(s)")
 
 

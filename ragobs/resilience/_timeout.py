@@ -61,8 +61,6 @@ _NO_SYNC: Final = (
     "(openai.OpenAI(timeout=...), anthropic.Anthropic(timeout=...)): its timeout errors "
     "are recorded as outcome 'timeout' and retried by ragobs.retry")
 
-LIMIT: Final = "timeout.limit_s"
-ELAPSED: Final = "timeout.elapsed_s"
 
 _current_task = asyncio.current_task
 
@@ -143,7 +141,8 @@ def _report(error: StreamTimeout, name: str, telemetry: Telemetry | None) -> Non
         semconv.TIMEOUT_KIND: error.kind,
     })
     emit(semconv.EVENT_TIMEOUT, name,
-         {semconv.TIMEOUT_KIND: error.kind, LIMIT: error.limit, ELAPSED: error.elapsed},
+         {semconv.TIMEOUT_KIND: error.kind, semconv.TIMEOUT_LIMIT_S: error.limit,
+          semconv.TIMEOUT_ELAPSED_S: error.elapsed},
          error=error, level=logging.WARNING, message=f"{name}: {error}")
 
 
