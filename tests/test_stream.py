@@ -539,3 +539,19 @@ def test_a_sync_stage_open_across_yields_does_not_leak(otel: OTelHarness) -> Non
     before = otel_trace.get_current_span()
     list(observe_stream(source(), telemetry=otel.telemetry))
     assert otel_trace.get_current_span() is before
+
+
+def test_rate_and_time_per_chunk_formulas_are_exact(otel: OTelHarness) -> None:
+    """5 tokens; first at t=1, end at t=3 (from a start at t=0): a window of
+    2 s, so 5 / 2 = 2.5 tokens/s and 2 / (5 - 1) = 0.5 s between chunks."""
+    obs = observe(model="m", telemetry=otel.telemetry)
+    obs.start(start_time=100.0)
+    obs.first_token(at=101.0)
+    obs.set_token_count(5)
+    obs.finish(end_time=103.0)
+    assert otel.total(DURATION) == 3.0
+    assert otel.total(TTFT) == 1.0
+    assert otel.total(semconv.OUTPUT_TOKEN_RATE.name) == 2.5
+    assert otel.total(semconv.TIME_PER_OUTPUT_CHUNK.name) == 0.5
+    summary = otel.telemetry.summary.snapshot()
+    assert summary.avg_tokens_per_second == 2.5

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Self, cast
+from typing import cast
 
 from ragobs.clock import SYSTEM_CLOCK, Clock
 from ragobs.telemetry import Telemetry
@@ -98,21 +98,3 @@ def _describe(exc: BaseException) -> str:
 def _default_name(obj: object, fallback: str) -> str:
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
     return name if isinstance(name, str) and name else fallback
-
-
-class _Named:
-    """Settings of one wrapper whose ``name`` defaults to what it wraps."""
-
-    __slots__ = ()
-    name: str | None
-
-    def named(self, name: str) -> Self:
-        """These settings, with ``name`` filled in unless one was given."""
-        if self.name is not None:
-            return self
-        clone = object.__new__(type(self))
-        slots: tuple[str, ...] = type(self).__slots__
-        for slot in slots:
-            setattr(clone, slot, getattr(self, slot))
-        cast(Any, clone).name = name  # a slot of the subclass
-        return clone

@@ -28,6 +28,7 @@ from collections.abc import (
     Generator,
     Iterator,
 )
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar, cast, overload
 
 from ragobs import semconv
@@ -40,7 +41,6 @@ from ragobs.resilience._checks import (
     _default_name,
     _describe,
     _exception_filter,
-    _Named,
 )
 from ragobs.resilience._retry import ExceptionFilter
 from ragobs.telemetry import Telemetry, get_telemetry
@@ -58,24 +58,32 @@ Message = str | Callable[[BaseException], Any]
 _LEVELS: Final = (logging.WARNING, logging.ERROR, logging.CRITICAL)
 
 
-class _Recovery(_Named):
+@dataclass(frozen=True, slots=True)
+class _Recovery:
     """Validated settings of one wrapper, and what it does with a failure."""
 
-    __slots__ = ("level", "message", "name", "recoverable", "telemetry")
+    message: Message
+    recoverable: Callable[[BaseException], bool] | None
+    level: int
+    name: str | None
+    telemetry: Telemetry | None
 
-    def __init__(self, *, message: object, on: object, level: object, name: object,
-                 telemetry: object) -> None:
+    @classmethod
+    def checked(cls, *, message: object, on: object, level: object, name: object,
+                telemetry: object) -> _Recovery:
+        """The settings, each argument checked (naming it and its range)."""
         if not isinstance(message, str) and not callable(message):
             raise TypeError(
                 f"message must be a str or a callable taking the exception, got {message!r}")
-        self.message = message
-        self.recoverable = _exception_filter(on)
         if level not in _LEVELS:
             raise ValueError("level must be logging.WARNING, logging.ERROR or "
                              f"logging.CRITICAL, got {level!r}")
-        self.level: int = level
-        self.name = _check_name(name)
-        self.telemetry = _check_telemetry(telemetry)
+        return cls(message=message, recoverable=_exception_filter(on), level=level,
+                   name=_check_name(name), telemetry=_check_telemetry(telemetry))
+
+    def named(self, name: str) -> _Recovery:
+        """These settings, with ``name`` filled in unless one was given."""
+        return self if self.name is not None else replace(self, name=name)
 
     def recovers(self, exc: Exception) -> bool:
         return self.recoverable is None or self.recoverable(exc)
@@ -178,7 +186,7 @@ def fallback_stream(
     if not hasattr(stream, "__aiter__") and not is_deferred(stream):
         raise TypeError("stream must be an async iterable, an un-awaited call giving one or a "
                         f"zero-argument factory, got {stream!r}")
-    policy = _Recovery(message=message, on=on, level=level, name=name, telemetry=telemetry)
+    policy = _Recovery.checked(message=message, on=on, level=level, name=name, telemetry=telemetry)
     return _recover_stream(stream, policy.named(_default_name(stream, "fallback_stream")))
 
 
@@ -234,7 +242,7 @@ def fallback(
         name: reported as ``ragobs.name``; default the function's qualified name.
         telemetry: where metrics go; default :func:`~ragobs.get_telemetry` at use.
     """
-    policy = _Recovery(message=message, on=on, level=level, name=name, telemetry=telemetry)
+    policy = _Recovery.checked(message=message, on=on, level=level, name=name, telemetry=telemetry)
 
     def decorate(func: F) -> F:
         named = policy.named(_default_name(func, "fallback"))

@@ -47,6 +47,7 @@ from collections.abc import (
     Iterator,
 )
 from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar, cast, overload
 
 from opentelemetry.util.types import AttributeValue
@@ -65,7 +66,6 @@ from ragobs.resilience._checks import (
     _describe,
     _exception_filter,
     _in_range,
-    _Named,
     _number,
     _optional_positive,
     _positive,
@@ -189,44 +189,60 @@ class RetryBudget:
 # --- the policy ------------------------------------------------------------
 
 
-class _Policy(_Named):
+@dataclass(frozen=True, slots=True)
+class _Policy:
     """Validated settings of one wrapper, and the decision after a failure."""
 
-    __slots__ = ("attempts", "budget", "clock", "deadline", "initial", "jitter", "max_delay",
-                 "max_retry_after", "multiplier", "name", "retryable", "rng", "telemetry")
+    attempts: int
+    initial: float
+    multiplier: float
+    max_delay: float
+    jitter: float
+    retryable: Callable[[BaseException], bool]
+    deadline: float | None
+    budget: RetryBudget | None
+    name: str | None
+    clock: Clock
+    telemetry: Telemetry | None
+    rng: Callable[[], float]
+    max_retry_after: float
 
-    def __init__(self, *, attempts: object, initial: object, multiplier: object,
-                 max_delay: object, jitter: object, on: object, deadline: object,
-                 budget: object, name: object, clock: object, telemetry: object,
-                 rng: object, max_retry_after: object = DEFAULT_MAX_RETRY_AFTER) -> None:
+    @classmethod
+    def checked(cls, *, attempts: object, initial: object, multiplier: object,
+                max_delay: object, jitter: object, on: object, deadline: object,
+                budget: object, name: object, clock: object, telemetry: object,
+                rng: object, max_retry_after: object = DEFAULT_MAX_RETRY_AFTER) -> _Policy:
+        """The settings, each argument checked (naming it and its range)."""
         if not isinstance(attempts, int) or isinstance(attempts, bool):
             raise TypeError(f"attempts must be an int >= 1, got {attempts!r}")
         if attempts < 1:
             raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
-        self.attempts = attempts
-        self.initial = _positive("initial", initial)
-        self.multiplier = _number("multiplier", multiplier, ">= 1 (finite)")
-        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
+        first = _positive("initial", initial)
+        growth = _number("multiplier", multiplier, ">= 1 (finite)")
+        if not (growth >= 1 and math.isfinite(growth)):
             raise ValueError(f"multiplier must be a number >= 1 (finite), got {multiplier!r}")
-        self.max_delay = _positive("max_delay", max_delay, allow_inf=True)
-        if self.max_delay < self.initial:
-            raise ValueError(
-                f"max_delay must be >= initial ({self.initial:g}), got {max_delay!r}")
-        self.jitter = _in_range("jitter", jitter, 0.0, 1.0)
-        self.max_retry_after = _positive("max_retry_after", max_retry_after, allow_inf=True)
-        self.retryable = _exception_filter(on) or is_retryable
-        self.deadline = _optional_positive("deadline", deadline)
+        cap = _positive("max_delay", max_delay, allow_inf=True)
+        if cap < first:
+            raise ValueError(f"max_delay must be >= initial ({first:g}), got {max_delay!r}")
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"budget must be a RetryBudget or None, got {budget!r}")
-        self.budget = budget
-        self.name = _check_name(name)
-        self.clock = _check_clock(clock)
-        self.telemetry = _check_telemetry(telemetry)
         if rng is None:
             rng = random.random
         if not callable(rng):
             raise TypeError(f"rng must be a callable returning a float in [0, 1), got {rng!r}")
-        self.rng: Callable[[], float] = rng
+        return cls(
+            attempts=attempts, initial=first, multiplier=growth, max_delay=cap,
+            jitter=_in_range("jitter", jitter, 0.0, 1.0),
+            retryable=_exception_filter(on) or is_retryable,
+            deadline=_optional_positive("deadline", deadline), budget=budget,
+            name=_check_name(name), clock=_check_clock(clock),
+            telemetry=_check_telemetry(telemetry), rng=rng,
+            max_retry_after=_positive("max_retry_after", max_retry_after, allow_inf=True),
+        )
+
+    def named(self, name: str) -> _Policy:
+        """These settings, with ``name`` filled in unless one was given."""
+        return self if self.name is not None else replace(self, name=name)
 
     def delay(self, attempt: int, exc: BaseException) -> tuple[float, float | None]:
         """(wait before attempt ``attempt + 1``, the server's Retry-After if any)."""
@@ -592,7 +608,7 @@ def retry(
             > 0 (may be inf); a longer ``Retry-After`` gives up at once with
             reason ``retry_after``. Default 120, as the OpenAI SDK.
     """
-    policy = _Policy(attempts=attempts, initial=initial, multiplier=multiplier,
+    policy = _Policy.checked(attempts=attempts, initial=initial, multiplier=multiplier,
                      max_delay=max_delay, jitter=jitter, on=on, deadline=deadline,
                      budget=budget, name=name, clock=clock, telemetry=telemetry, rng=rng,
                      max_retry_after=max_retry_after)
@@ -651,7 +667,7 @@ def retry_stream(
     """
     if not callable(factory):
         raise TypeError(f"factory must be a zero-argument callable, got {factory!r}")
-    policy = _Policy(attempts=attempts, initial=initial, multiplier=multiplier,
+    policy = _Policy.checked(attempts=attempts, initial=initial, multiplier=multiplier,
                      max_delay=max_delay, jitter=jitter, on=on, deadline=deadline,
                      budget=budget, name=name, clock=clock, telemetry=telemetry, rng=rng,
                      max_retry_after=max_retry_after)
