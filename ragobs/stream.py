@@ -167,14 +167,13 @@ _ENDINGS_CACHED: Final = 64
 
 def _label_set(telemetry: Telemetry, operation: str, provider: str | None,
                model: str | None) -> _LabelSet:
-    key = ("stream", operation, provider, model)
-    cache = telemetry.cache
+    key = (operation, provider, model)
+    cache = telemetry.label_sets
     found = cache.get(key)
     if found is None:
         found = _LabelSet(telemetry, operation, provider, model)
         if len(cache) < _LABEL_SETS_CACHED:
             cache[key] = found
-    assert isinstance(found, _LabelSet)
     return found
 
 

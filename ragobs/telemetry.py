@@ -12,7 +12,7 @@ import threading
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Histogram, Observation
@@ -22,6 +22,9 @@ from ragobs._version import __version__
 from ragobs.labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES, LabelGuard, SeriesGuard
 from ragobs.semconv import InstrumentSpec, Kind
 from ragobs.summary_stats import SummaryStats
+
+if TYPE_CHECKING:  # owned by ragobs.stream, which imports this module
+    from ragobs.stream import _LabelSet
 
 Attributes = Mapping[str, str]
 _AttrKey = tuple[tuple[str, str], ...]
@@ -236,8 +239,9 @@ class Telemetry:
         self.summary = summary if summary is not None else SummaryStats()
         self.capture_content = capture_content
         self.exemplars = exemplars
-        #: Memo of per-label-set attribute dicts; size-capped by its users.
-        self.cache: dict[Any, Any] = {}
+        #: The stream module's memo of attribute dicts per (operation,
+        #: provider, model); it caps the size.
+        self.label_sets: dict[tuple[str, str | None, str | None], _LabelSet] = {}
         shared = _instruments_for(meter_provider)
         self._instruments = shared.instruments
         self._tables = shared.tables
