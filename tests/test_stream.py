@@ -350,8 +350,8 @@ async def test_memory_does_not_grow_with_the_names_served(otel: OTelHarness) -> 
     for i in range(3000):
         with pytest.raises(Exception, match=r"^$"):
             await consume(observe_stream(failing(i), model=f"model-{i}", telemetry=tel))
-    assert len(tel.cache) <= 1024
-    assert all(len(ls._ends) <= 64 for ls in tel.cache.values())
+    assert len(tel.label_sets) <= 1024
+    assert all(len(ls._ends) <= 64 for ls in tel.label_sets.values())
     assert otel.value(REQUESTS) == 3000  # and nothing was lost on the way
     models = {p.attributes[semconv.REQUEST_MODEL] for p in otel.points(REQUESTS)}
     assert len(models) == 9  # 8 real names + _OTHER
