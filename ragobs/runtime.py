@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Final
@@ -30,7 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from ragobs.exposition import PrometheusReader
 from ragobs.labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES
-from ragobs.resilience._report import resilience_counts
+from ragobs.report import Reporter
 from ragobs.server.app import create_app
 from ragobs.server.sidecar import Sidecar, resolve_address
 from ragobs.telemetry import ExemplarTable, Telemetry, set_telemetry
@@ -51,11 +52,11 @@ class Runtime:
     _owned: list[object] = field(default_factory=list)
 
     def app_sidecar(self, host: str | None = None, port: int | None = None) -> Sidecar:
-        """A sidecar (not started) serving this runtime's registry and summary."""
-        telemetry = self.telemetry
-        app = create_app(self.registry, telemetry.summary, self.service_name,
-                         extra=lambda: {"resilience": resilience_counts(telemetry)})
-        return Sidecar(app, host, port)
+        """A sidecar (not started) serving this runtime's registry and reports
+        (summary and resilience counts; uptime counted from now)."""
+        reporter = Reporter.of(self.telemetry, service=self.service_name,
+                               started=time.monotonic())
+        return Sidecar(create_app(self.registry, reporter), host, port)
 
     async def start_server(self, host: str | None = None, port: int | None = None) -> Sidecar:
         """Serve the sidecar inside the running event loop."""

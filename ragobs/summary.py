@@ -13,6 +13,9 @@ Code written against the seed runs unchanged::
 Each finished session also feeds the OpenTelemetry / Prometheus instruments
 and the process-wide summary, exactly like an instrumented stream.
 
+The dashboard is :func:`ragobs.report.format_text` of this object's report
+(``format_dashboard`` is re-exported from :mod:`ragobs.report`).
+
 Memory: aggregates (counts, sums, percentile sketches) are exact over every
 session and take constant memory; ``sessions`` keeps only the most recent
 ``keep_sessions`` finished sessions (1,000 by default).
@@ -26,9 +29,20 @@ import weakref
 from collections import deque
 from typing import Any, Final, SupportsIndex, TextIO, overload
 
+from ragobs.report import Reporter, format_dashboard, format_text
 from ragobs.stream import StreamObservation, _check_names, _observation
 from ragobs.summary_stats import Summary, SummaryStats
 from ragobs.telemetry import Telemetry
+
+__all__ = [  # format_dashboard: re-exported from ragobs.report, where it moved
+    "DEFAULT_KEEP_SESSIONS",
+    "MAX_KEEP_SESSIONS",
+    "RecentSessions",
+    "Session",
+    "SessionError",
+    "StreamingMetrics",
+    "format_dashboard",
+]
 
 DEFAULT_KEEP_SESSIONS = 1000
 
@@ -98,6 +112,7 @@ class StreamingMetrics:
         self._labels = (operation, provider, model)
         self._telemetry = telemetry
         self._stats = SummaryStats()
+        self._reporter = Reporter(self._stats)
         self._sessions = RecentSessions(maxlen=keep_sessions)
 
     @property
@@ -168,7 +183,8 @@ class StreamingMetrics:
         return self._stats.snapshot()
 
     def format_summary(self) -> str:
-        return format_dashboard(self.summary())
+        """The seed's dashboard (plus percentiles) as text."""
+        return format_text(self._reporter.report())
 
     def display_summary(self, file: TextIO | None = None) -> None:
         """Print the seed's dashboard (plus percentiles)."""
@@ -180,46 +196,3 @@ def _obs_of(session: object) -> StreamObservation:
     if not isinstance(obs, StreamObservation):
         raise TypeError("session must come from StreamingMetrics.start_session()")
     return obs
-
-
-def _seconds(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}s"
-
-
-def _number(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _pct(value: float | None) -> str:
-    return "0.0%" if value is None else f"{value * 100:.1f}%"
-
-
-def format_dashboard(s: Summary) -> str:
-    """The seed's terminal dashboard for one :class:`Summary`."""
-    rule = "=" * 50
-    lines = [
-        rule,
-        "📊 STREAMING METRICS DASHBOARD",
-        rule,
-        f"Total Requests: {s.total_requests}",
-        f"Successful: {s.successful} ({_pct(s.success_rate)})",
-        f"Failed: {s.failed} ({_pct(s.failure_rate)})",
-    ]
-    if s.cancelled:
-        lines.append(f"Cancelled: {s.cancelled}")
-    lines += [
-        "",
-        "⚡ Performance (successful requests):",
-        f"  Avg TTFT: {_seconds(s.avg_ttft_seconds)}",
-        f"  Avg Latency: {_seconds(s.avg_latency_seconds)}",
-        f"  Avg Tokens: {_number(s.avg_tokens)}",
-        f"  Avg Tokens/sec: {_number(s.avg_tokens_per_second)}",
-        "",
-        "📈 Percentiles (p50 / p95 / p99):",
-        "  TTFT:    " + " / ".join(_seconds(v) for v in (
-            s.ttft_seconds.p50, s.ttft_seconds.p95, s.ttft_seconds.p99)),
-        "  Latency: " + " / ".join(_seconds(v) for v in (
-            s.latency_seconds.p50, s.latency_seconds.p95, s.latency_seconds.p99)),
-        rule,
-    ]
-    return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Exact running aggregates of finished requests, in constant memory.
 
 This is what the terminal dashboard (:meth:`StreamingMetrics.display_summary`),
-``GET /api/summary`` and the Grafana summary row all show. Averages are over
+``GET /api/summary`` and the Grafana summary row all show: a :class:`Summary`
+is the core of every :class:`~ragobs.report.Report`, which renders it. Averages are over
 *successful* requests, as in the seed's dashboard; counts cover every outcome.
 """
 

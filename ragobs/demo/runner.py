@@ -20,9 +20,8 @@ from ragobs.demo.agent import (
 )
 from ragobs.demo.openai_wire import OpenAIWireServer
 from ragobs.demo.stack import Agent, ProtectedAgent, Protection
-from ragobs.resilience._report import format_resilience, resilience_counts
+from ragobs.report import build_report, format_text
 from ragobs.runtime import Runtime
-from ragobs.summary import format_dashboard
 from ragobs.telemetry import Telemetry
 
 #: Where the answers come from: ``simulated`` streams str tokens in-process;
@@ -52,12 +51,8 @@ class RunOptions:
 
 
 def dashboard(runtime: Runtime) -> str:
-    """The seed's dashboard plus what the resilience stack did."""
-    telemetry = runtime.telemetry
-    body = format_dashboard(telemetry.summary.snapshot())
-    rule_at = body.rindex("\n")
-    return (body[:rule_at] + "\n\n" + format_resilience(resilience_counts(telemetry))
-            + body[rule_at:])
+    """The seed's dashboard plus what the resilience stack did (one report)."""
+    return format_text(build_report(runtime.telemetry))
 
 
 def chunk_text(chunk: object) -> str:

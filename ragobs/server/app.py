@@ -5,29 +5,30 @@ Routes:
                           (``Accept: application/openmetrics-text``).
     ``GET /healthz``      liveness: 200 while the process serves.
     ``GET /readyz``       readiness: 200 once the app serves (cheap: no collection).
-    ``GET /api/summary``  the terminal dashboard's figures plus percentiles.
+    ``GET /api/summary``  the terminal dashboard's figures plus percentiles
+                          (:func:`ragobs.report.as_json` of one report).
     ``GET /``             a live panel of the same figures (no Grafana needed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import time
-from collections.abc import Callable
 from importlib import resources
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ragobs._version import __version__
 from ragobs.exposition import render
+from ragobs.report import Reporter, as_json
 from ragobs.summary_stats import SummaryStats
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
-SUMMARY_KEY = web.AppKey("summary", SummaryStats)
-STARTED_KEY = web.AppKey("started", float)
-SERVICE_KEY = web.AppKey("service", str)
-EXTRA_KEY = web.AppKey("extra", object)
+REPORTER_KEY = web.AppKey("reporter", Reporter)
+
+_strict_dumps = functools.partial(json.dumps, allow_nan=False)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -55,14 +56,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def summary(request: web.Request) -> web.Response:
-    data = request.app[SUMMARY_KEY].snapshot().as_dict()
-    data["service"] = request.app[SERVICE_KEY]
-    data["version"] = __version__
-    data["uptime_seconds"] = time.monotonic() - request.app[STARTED_KEY]
-    extra = request.app.get(EXTRA_KEY)
-    if callable(extra):
-        data.update(extra())
-    return web.json_response(data, headers={"Cache-Control": "no-store"})
+    report = request.app[REPORTER_KEY].report()
+    return web.json_response(as_json(report), dumps=_strict_dumps,
+                             headers={"Cache-Control": "no-store"})
 
 
 async def index(request: web.Request) -> web.Response:
@@ -74,20 +70,25 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
-def create_app(registry: CollectorRegistry, summary_stats: SummaryStats,
-               service: str = "ragobs",
-               extra: Callable[[], dict[str, object]] | None = None) -> web.Application:
-    """The sidecar application serving ``registry`` and ``summary_stats``.
+def create_app(registry: CollectorRegistry, reporter: Reporter | SummaryStats,
+               service: str | None = None) -> web.Application:
+    """The sidecar application serving ``registry`` and the reports of ``reporter``.
 
-    ``extra`` adds keys to ``/api/summary`` (the runtime adds ``resilience``).
+    ``reporter`` builds each ``/api/summary`` (a runtime's has its resilience
+    counts, service name and start time). A bare :class:`SummaryStats` is
+    served with ``service`` (default "ragobs"), its uptime
+    counted from now; ``service`` goes with a bare ``SummaryStats`` only.
     """
+    if isinstance(reporter, SummaryStats):
+        reporter = Reporter(reporter, service="ragobs" if service is None else service,
+                            started=time.monotonic())
+    elif not isinstance(reporter, Reporter):
+        raise TypeError(f"reporter must be a Reporter or a SummaryStats, got {reporter!r}")
+    elif service is not None:
+        raise TypeError("service is given to the Reporter, not to create_app()")
     app = web.Application()
-    if extra is not None:
-        app[EXTRA_KEY] = extra
     app[REGISTRY_KEY] = registry
-    app[SUMMARY_KEY] = summary_stats
-    app[STARTED_KEY] = time.monotonic()
-    app[SERVICE_KEY] = service
+    app[REPORTER_KEY] = reporter
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
