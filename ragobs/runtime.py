@@ -17,18 +17,27 @@ import os
 import signal
 import threading
 import time
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import urlsplit
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import (
+    PROCESS_PID,
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    Resource,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from ragobs import semconv
+from ragobs._push import DEFAULT_PUSH_INTERVAL, SIDECAR_URL_ENV, DropCounter, push_reader
 from ragobs.exposition import PrometheusReader
 from ragobs.labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES
 from ragobs.report import Reporter
@@ -50,6 +59,8 @@ class Runtime:
     tracer_provider: TracerProvider | None = None
     sidecar: Sidecar | None = None
     _owned: list[object] = field(default_factory=list)
+    #: The host sidecar this process pushes its metrics to, if any.
+    pushing_to: str | None = None
 
     def app_sidecar(self, host: str | None = None, port: int | None = None) -> Sidecar:
         """A sidecar (not started) serving this runtime's registry and reports
@@ -141,6 +152,20 @@ def _install(provider: object, existing: object, kind: str) -> bool:
     return True
 
 
+def _sidecar_url(value: object) -> str | None:
+    arg = "sidecar_url"
+    if value is None:
+        value = os.environ.get(SIDECAR_URL_ENV) or None
+        arg = SIDECAR_URL_ENV
+        if value is None:
+            return None
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") \
+            or not urlsplit(value).hostname:
+        raise ValueError(f"{arg} must be an http:// URL of a ragobs host sidecar "
+                         f"(e.g. http://127.0.0.1:9464), got {value!r}")
+    return value.rstrip("/")
+
+
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off", ""})
 #: The GenAI semantic conventions' switch for message content on spans.
@@ -207,6 +232,8 @@ def setup(
     max_series: int = DEFAULT_MAX_SERIES,
     capture_content: bool | str | None = None,
     handle_sigterm: bool = False,
+    sidecar_url: str | None = None,
+    push_interval: float = DEFAULT_PUSH_INTERVAL,
 ) -> Runtime:
     """Set up tracing, metrics, Prometheus exposition and (``serve``) the sidecar.
 
@@ -229,6 +256,11 @@ def setup(
         handle_sigterm: make SIGTERM stop the program like Ctrl-C, so the
             flush at exit runs (see :meth:`Runtime.handle_sigterm`). Off by
             default: a library does not take a process's signals unasked.
+        sidecar_url: a host sidecar (``ragobs sidecar``) to push this
+            process's metrics to, for several worker processes on one host;
+            default ``RAGOBS_SIDECAR_URL``. Then nothing is served here:
+            metrics leave by OTLP/HTTP, delta temporality, every
+            ``push_interval`` seconds (what a SIGKILLed worker may lose).
 
     Calling it again with ``set_global=True`` returns the runtime already set up.
     """
@@ -243,12 +275,18 @@ def setup(
         raise TypeError(f"registry must be a prometheus_client CollectorRegistry or None, "
                         f"got {registry!r}")
     capture = _capture_content(capture_content)
+    push_url = _sidecar_url(sidecar_url)
+    if push_url is not None:
+        serve = False  # the host sidecar serves this process's figures
     if serve:
         resolve_address(host, port)  # bad host / port: fail before building anything
     with _lock:
         if set_global and _current is not None:
             return _current
-        attrs = {SERVICE_NAME: service_name} if service_name else {}
+        attrs: dict[str, str | int] = {SERVICE_NAME: service_name} if service_name else {}
+        if push_url is not None:
+            # Tells the host sidecar one producer from another (never a label).
+            attrs.update({SERVICE_INSTANCE_ID: uuid.uuid4().hex, PROCESS_PID: os.getpid()})
         resource = Resource.create(attrs)
         name = str(resource.attributes.get(SERVICE_NAME) or "ragobs")
         if name.startswith("unknown_service"):
@@ -256,6 +294,7 @@ def setup(
             name = "ragobs"
         registry = registry if registry is not None else REGISTRY
         owned: list[object] = []
+        drops = DropCounter()
 
         existing_meter = metrics.get_meter_provider() if set_global else None
         meter_provider: MeterProvider | None = None
@@ -265,14 +304,18 @@ def setup(
             logger.info("ragobs: keeping the application's MeterProvider")
         else:
             otlp = _otlp_metric_reader() if _otlp_enabled("metrics") else None
-            if otlp is None:
+            readers: list[MetricReader] = []
+            if push_url is not None:
+                readers.append(push_reader(push_url, interval=push_interval, dropped=drops))
+            elif otlp is None:
                 # Prometheus is the only reader: ragobs keeps the stream latency
                 # and TTFT exemplars itself (a bisect and a dict store per
                 # stream instead of the SDK's reservoir) and the reader shows
                 # them. With an OTLP reader the SDK keeps taking them, so that
                 # they also leave by OTLP: our table is only seen by /metrics.
                 exemplars = ExemplarTable()
-            readers: list[MetricReader] = [PrometheusReader(registry, exemplars=exemplars)]
+            if push_url is None:
+                readers.append(PrometheusReader(registry, exemplars=exemplars))
             if otlp is not None:
                 readers.append(otlp)
             # ragobs flushes it at exit itself (Runtime.shutdown, once).
@@ -305,8 +348,9 @@ def setup(
             capture_content=capture,
             exemplars=exemplars,
         )
+        drops.sink = telemetry.counter(semconv.PUSH_DROPPED)
         runtime = Runtime(telemetry, registry, name, meter_provider, tracer_provider,
-                          _owned=owned)
+                          _owned=owned, pushing_to=push_url)
         # Queued spans and metric points leave at exit, however the program ends
         # (return, sys.exit, an exception; SIGTERM with handle_sigterm()).
         atexit.register(runtime._shutdown_at_exit)

@@ -246,9 +246,16 @@ FALLBACKS = InstrumentSpec(
     None, "ragobs_fallbacks_total",
 )
 
+PUSH_DROPPED = InstrumentSpec(
+    "ragobs.push.dropped", Kind.COUNTER, "{batch}",
+    "Metric batches a worker dropped while the host sidecar was unreachable for longer "
+    "than its queue holds.",
+    None, "ragobs_push_dropped_total",
+)
+
 ALL_INSTRUMENTS: Final = (
     OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK, TOKEN_USAGE,
     OUTPUT_TOKEN_RATE, REQUESTS, ERRORS, REQUESTS_ACTIVE, STAGE_DURATION,
     RATELIMIT_WAIT, RATELIMIT_ACQUISITIONS, RATELIMIT_REJECTIONS, RATELIMIT_BACKEND_ERRORS,
-    RETRY_ATTEMPTS, RETRY_DELAY, RETRY_EXHAUSTED, TIMEOUTS, FALLBACKS,
+    RETRY_ATTEMPTS, RETRY_DELAY, RETRY_EXHAUSTED, TIMEOUTS, FALLBACKS, PUSH_DROPPED,
 )
