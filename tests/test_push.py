@@ -148,7 +148,7 @@ def test_past_its_bound_the_queue_drops_the_oldest_and_counts_it() -> None:
         exporter.export(batch)
     assert exporter.pending == 3
     assert exporter.dropped.value == 2
-    with pytest.raises(ValueError, match="max_pending must be an int in 1..100000"):
+    with pytest.raises(ValueError, match=r"max_pending must be an int in 1\.\.100000"):
         BufferedExporter(Down(), max_pending=0)
 
 
