@@ -95,8 +95,22 @@ if _CustomCollector is not None:
             self._exemplars = exemplars
 
         def collect(self) -> Iterator[Metric]:
+            # Collections are cumulative: the newest one has everything. Older
+            # queued ones (a force_flush between two scrapes queues one more)
+            # would print every series twice.
+            callback = self._callback
+            if callback is not None:
+                callback()  # queue the newest collection
+            queued = getattr(self, "_metrics_datas", None)
+            while queued is not None and len(queued) > 1:
+                queued.popleft()
+            self._callback = None
+            try:
+                families = list(super().collect())
+            finally:
+                self._callback = callback
             merged: dict[str, Metric] = {}
-            for family in super().collect():
+            for family in families:
                 held = merged.get(family.name)
                 if held is None:
                     merged[family.name] = family
@@ -114,11 +128,17 @@ if _CustomCollector is not None:
                 for sm in rm.scope_metrics:
                     scope = sm.scope.name or ""
                     scope_attrs = {} if scope == SCOPE_NAME else {_SCOPE_LABEL: scope}
+                    # One family table per scope: a family binds its label
+                    # names when created, so two scopes must never share one
+                    # (collect() merges the families by name afterwards).
+                    families: dict[str, Any] = {}
                     for metric in sm.metrics:
                         self._translate_metric(
                             metric=metric, scope_attrs=scope_attrs,
                             resource_attrs=resource_attrs,
-                            metric_family_id_metric_family=metric_family_id_metric_family)
+                            metric_family_id_metric_family=families)
+                    for family_id, family in families.items():
+                        metric_family_id_metric_family[f"{scope}|{family_id}"] = family
 
         def _translate_metric(self, metric: Any, scope_attrs: Any, resource_attrs: Any,
                               metric_family_id_metric_family: dict[str, Any]) -> None:

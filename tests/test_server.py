@@ -283,3 +283,19 @@ async def test_with_an_otlp_reader_the_sdk_keeps_the_exemplars(
     finally:
         await asyncio.get_running_loop().run_in_executor(None, runtime.shutdown)
     assert received["/v1/metrics"] >= 1
+
+
+async def test_a_flush_between_scrapes_does_not_print_series_twice() -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    runtime = setup(serve=False, set_global=False, registry=CollectorRegistry())
+    try:
+        await traffic(runtime, n_ok=2, n_err=1)
+        assert runtime.meter_provider is not None
+        runtime.meter_provider.force_flush()  # queues one more collection in the reader
+        body, _ = render(runtime.registry, "application/openmetrics-text")
+        families = list(text_string_to_metric_families(body.decode()))  # rejects duplicates
+        requests = next(f for f in families if f.name == "ragobs_requests")
+        assert sum(s.value for s in requests.samples if s.name.endswith("_total")) == 3
+    finally:
+        runtime.shutdown()
