@@ -82,6 +82,7 @@ class stage:
             self._span.set_attribute(semconv.ERROR_TYPE, attrs[semconv.ERROR_TYPE])
         ctx = trace.set_span_in_context(self._span)
         tel.stage_duration.record(elapsed, attrs, context=ctx)
+        tel.summary.record_stage(attrs[semconv.STAGE], elapsed)
         self._span.end()
 
     # -- context manager ------------------------------------------------

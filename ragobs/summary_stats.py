@@ -4,17 +4,27 @@ This is what the terminal dashboard (:meth:`StreamingMetrics.display_summary`),
 ``GET /api/summary`` and the Grafana summary row all show: a :class:`Summary`
 is the core of every :class:`~ragobs.report.Report`, which renders it. Averages are over
 *successful* requests, as in the seed's dashboard; counts cover every outcome.
+
+:meth:`SummaryStats.totals` gives the raw cumulative totals behind it (sketch
+buckets included, as :class:`SketchBuckets`), which :mod:`ragobs.history`
+samples and subtracts to chart the last minutes; the same object keeps a
+count and a sum per RAG stage (:meth:`SummaryStats.record_stage`).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 
-from ragobs.semconv import Outcome
+from ragobs.labels import DEFAULT_MAX_VALUES
+from ragobs.semconv import OTHER, Outcome
 from ragobs.sketch import QuantileSketch
 
 QUANTILES = (0.5, 0.95, 0.99)
+#: Distinct stage names :meth:`SummaryStats.record_stage` keeps apart (as the
+#: label guard's cap on ``ragobs.stage``); later ones are counted as ``_OTHER``.
+MAX_STAGES = DEFAULT_MAX_VALUES
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,78 @@ class Summary:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class SketchBuckets:
+    """The buckets of a :class:`~ragobs.sketch.QuantileSketch` at one moment.
+
+    Cumulative, like the sketch: ``later.minus(earlier)`` holds exactly the
+    values added between the two copies, and :meth:`quantile` answers as a
+    sketch holding only those would (the sketch's own code does the sums).
+    """
+
+    relative_accuracy: float
+    #: log-bucket index -> values in it (no zero counts)
+    buckets: Mapping[int, int] = field(default_factory=dict)
+    #: values at or below the sketch's smallest bucket (zero durations)
+    zeros: int = 0
+
+    @classmethod
+    def of(cls, sketch: QuantileSketch) -> SketchBuckets:
+        """A copy of ``sketch``'s buckets (the caller holds whatever lock guards it)."""
+        # QuantileSketch has no public accessor for its buckets yet.
+        return cls(sketch._alpha, dict(sketch._buckets), sketch._zeros)
+
+    @property
+    def count(self) -> int:
+        return self.zeros + sum(self.buckets.values())
+
+    def minus(self, earlier: SketchBuckets) -> SketchBuckets:
+        """What was added since ``earlier``. A bucket that went down means the
+        sketch was replaced (a restart): the whole of ``self`` is then new."""
+        if not isinstance(earlier, SketchBuckets):
+            raise TypeError(f"cannot subtract {type(earlier).__name__} from SketchBuckets")
+        if earlier.relative_accuracy != self.relative_accuracy:
+            raise ValueError("cannot subtract sketches of different relative accuracy")
+        zeros = self.zeros - earlier.zeros
+        buckets: dict[int, int] = {}
+        for key, n in self.buckets.items():
+            diff = n - earlier.buckets.get(key, 0)
+            if diff < 0:
+                return self
+            if diff:
+                buckets[key] = diff
+        if zeros < 0 or any(key not in self.buckets for key in earlier.buckets):
+            return self
+        return SketchBuckets(self.relative_accuracy, buckets, zeros)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q``-quantile of the values held, ``None`` when there are none."""
+        sketch = QuantileSketch(self.relative_accuracy)
+        sketch._buckets = dict(self.buckets)
+        sketch._zeros = self.zeros
+        sketch._count = self.count
+        return sketch.quantile(q)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The raw cumulative totals of a :class:`SummaryStats`, read at one moment."""
+
+    #: finished requests by outcome (every :class:`~ragobs.semconv.Outcome` value)
+    requests: Mapping[str, int]
+    #: output tokens of the successful requests
+    output_tokens: int
+    #: per-stream output tokens/s of successful requests: sum and count
+    rate_sum: float
+    rate_count: int
+    #: TTFT and latency of successful requests
+    ttft: SketchBuckets
+    latency: SketchBuckets
+    in_flight: int
+    #: stage name -> (count, total seconds)
+    stages: Mapping[str, tuple[int, float]]
+
+
 class SummaryStats:
     """Thread-safe running totals and quantile sketches over finished requests.
 
@@ -67,6 +149,7 @@ class SummaryStats:
         "_lock",
         "_rate_n",
         "_rate_sum",
+        "_stages",
         "_tokens_sum",
         "_ttft_n",
         "_ttft_sketch",
@@ -85,6 +168,7 @@ class SummaryStats:
         self._ttft_sketch = QuantileSketch()
         self._latency_sketch = QuantileSketch()
         self._in_flight = 0
+        self._stages: dict[str, tuple[int, float]] = {}
 
     def started(self) -> None:
         with self._lock:
@@ -114,6 +198,35 @@ class SummaryStats:
             if tokens_per_second is not None:
                 self._rate_sum += tokens_per_second
                 self._rate_n += 1
+
+    def record_stage(self, stage: str, seconds: float) -> None:
+        """Count one run of a RAG pipeline stage that took ``seconds``.
+
+        At most :data:`MAX_STAGES` names are kept apart; later ones are
+        counted under ``_OTHER`` (names normally arrive capped already).
+        """
+        with self._lock:
+            stages = self._stages
+            found = stages.get(stage)
+            if found is None and len(stages) >= MAX_STAGES:
+                stage = OTHER
+                found = stages.get(stage)
+            count, total = found if found is not None else (0, 0.0)
+            stages[stage] = (count + 1, total + seconds)
+
+    def totals(self) -> Totals:
+        """The raw cumulative totals, copied in one consistent read."""
+        with self._lock:
+            return Totals(
+                requests={o.value: n for o, n in self._counts.items()},
+                output_tokens=self._tokens_sum,
+                rate_sum=self._rate_sum,
+                rate_count=self._rate_n,
+                ttft=SketchBuckets.of(self._ttft_sketch),
+                latency=SketchBuckets.of(self._latency_sketch),
+                in_flight=self._in_flight,
+                stages=dict(self._stages),
+            )
 
     def snapshot(self) -> Summary:
         with self._lock:

@@ -1,12 +1,16 @@
 """The live panel at ``/``: served as one self-contained page, and driven in real Chromium.
 
 The browser tests talk to headless Chromium over the DevTools protocol (a websocket,
-aiohttp's client) and read the figures from the page's ``data-field`` elements.
+aiohttp's client) and read the figures from the page's ``data-field`` elements, the
+charts from their uPlot instances and canvases. Screenshots go to the test's
+``artifacts`` directory: ``$RAGOBS_TEST_ARTIFACTS/<test>`` when that is set, else under
+pytest's ``tmp_path``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -25,10 +29,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
+from ragobs.clock import ManualClock
+from ragobs.history import History, InProcessSource
+from ragobs.report import Reporter
 from ragobs.runtime import Runtime, setup
 from ragobs.semconv import Outcome
 from ragobs.server.app import create_app
 from ragobs.server.sidecar import Sidecar
+from ragobs.stages import stage
 from ragobs.stream import observe_stream
 from ragobs.summary import format_dashboard
 from ragobs.summary_stats import SummaryStats
@@ -63,6 +71,26 @@ RESILIENCE_FIELDS: dict[str, str] = {
         "timeouts_total", "fallbacks")
 }
 UPTIME = re.compile(r"\d+d \d\dh|\d+h \d\dm|\d+m \d\ds|\d+s")
+STATIC = Path(__file__).parent.parent / "ragobs" / "server" / "static"
+
+# Each chart on the panel and its series: (label, key in an api/history point, sub-key).
+_OUTCOMES = ("ok", "error", "timeout", "cancelled")
+CHARTS: dict[str, list[tuple[str, str, str | None]]] = {
+    "requests": [(o, "requests_per_second", o) for o in _OUTCOMES],
+    "ttft": [(p, "ttft_seconds", p) for p in ("p50", "p95", "p99")],
+    "latency": [(p, "latency_seconds", p) for p in ("p50", "p95", "p99")],
+    "tokens": [("served", "tokens_per_second", None),
+               ("per stream (mean)", "stream_tokens_per_second", None)],
+    "in_flight": [("in flight", "in_flight", None)],
+}
+
+
+def chart_columns(name: str, points: list[dict[str, Any]]) -> list[list[Any]]:
+    """What chart ``name`` must plot of ``points``: uPlot's columns, x (time) first."""
+    columns: list[list[Any]] = [[p["t"] for p in points]]
+    for _, key, sub in CHARTS[name]:
+        columns.append([p[key] if sub is None else p[key][sub] for p in points])
+    return columns
 
 
 def shown(kind: str, value: Any) -> str:
@@ -88,7 +116,7 @@ def lookup(data: dict[str, Any], path: str) -> Any:
 # --- traffic ------------------------------------------------------------------------------
 
 async def traffic(telemetry: Telemetry, ok: int, errors: int = 0, timeouts: int = 0,
-                  cancelled: int = 0) -> None:
+                  cancelled: int = 0, *, model: str = "sim-1") -> None:
     """Finished requests of each outcome, five tokens each (fewer when they fail)."""
 
     async def source(fail: BaseException | None) -> AsyncIterator[str]:
@@ -100,7 +128,7 @@ async def traffic(telemetry: Telemetry, ok: int, errors: int = 0, timeouts: int 
 
     async def one(kind: str) -> None:
         fail = {"error": ConnectionResetError("reset"), "timeout": TimeoutError()}.get(kind)
-        stream = observe_stream(source(fail), provider="simulated", model="sim-1",
+        stream = observe_stream(source(fail), provider="simulated", model=model,
                                 telemetry=telemetry)
         try:
             async for _ in stream:
@@ -218,6 +246,29 @@ class Page:
         raise AssertionError(f"panel never showed {what}; last view: "
                              f"{ {k: v for k, v in view.items() if k != 'text'} }")
 
+    async def wait_js(self, expression: str, what: str, within: float = 10.0) -> Any:
+        """Poll until ``expression`` is truthy in the page; its last value otherwise fails."""
+        deadline = time.monotonic() + within
+        value: Any = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(AssertionError):  # page still loading
+                value = await self.evaluate(expression)
+                if value:
+                    return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the page never showed {what}; last value: {value!r}")
+
+    async def screenshot(self, path: Path) -> Path:
+        """The whole page (beyond the window's height) as a PNG at ``path``."""
+        metrics = await self.send("Page.getLayoutMetrics")
+        size = metrics["cssContentSize"]
+        shot = await self.send("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"],
+                     "scale": 1}})
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
+        return path
+
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[DevTools]:
@@ -294,6 +345,15 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.fixture
+def artifacts(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """Where a test leaves what a person may want to look at (screenshots)."""
+    root = os.environ.get("RAGOBS_TEST_ARTIFACTS")
+    path = Path(root) / request.node.name if root else tmp_path / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 # --- the sidecar ------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -335,6 +395,7 @@ class _Refs(HTMLParser):
         super().__init__()
         self.refs: list[str] = []
         self.fields: set[str] = set()
+        self.charts: set[str] = set()
         self.tags: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -344,6 +405,8 @@ class _Refs(HTMLParser):
                 self.refs.append(value)
             if name == "data-field" and value:
                 self.fields.add(value)
+            if name == "data-chart" and value:
+                self.charts.add(value)
 
 
 async def test_index_is_one_self_contained_html_page(
@@ -356,16 +419,27 @@ async def test_index_is_one_self_contained_html_page(
         assert resp.headers["Cache-Control"] == "no-store"
         html = await resp.text()
     assert html.lstrip().lower().startswith("<!doctype html>")
+    # The vendored chart library, its stylesheet and licence are inlined, verbatim, once.
+    for name in ("uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE"):
+        vendored = (STATIC / name).read_text(encoding="utf-8")
+        assert html.count(vendored) == 1, name
+        html = html.replace(vendored, "")
+    assert "ragobs:inline" not in html.replace('"ragobs:inline" placeholders', "")
     parser = _Refs()
     parser.feed(html)
-    # Nothing is loaded from elsewhere: no absolute or protocol-relative URL anywhere.
+    # Nothing is loaded from elsewhere: no absolute or protocol-relative URL anywhere
+    # (the library's own banner names its home page: it went with it above).
     assert "http://" not in html and "https://" not in html
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*//""", html)
     assert not re.search(r"@import|url\(", html)
-    assert "link" not in parser.tags and "iframe" not in parser.tags
-    assert sorted(parser.refs) == sorted(["metrics", "api/summary", "api/summary"])
+    assert "iframe" not in parser.tags
+    # The one link element names an empty icon, so the browser asks for no /favicon.ico.
+    assert parser.tags.count("link") == 1 and 'rel="icon" href="data:,"' in html
+    assert sorted(parser.refs) == sorted(["data:,", "metrics", "api/summary", "api/summary",
+                                          "api/history", "api/history"])
     assert set(FIELDS) | set(RESILIENCE_FIELDS) | {"uptime_seconds"} <= parser.fields
     assert 'fetch(' in html and "no-store" in html
+    assert parser.charts == set(CHARTS)
 
 
 @pytest.mark.needs_chromium
@@ -459,7 +533,7 @@ async def test_panel_behind_a_path_prefix_without_resilience(browser: DevTools) 
         assert view["resilienceHidden"]
         links = await page.evaluate(
             "[...document.querySelectorAll('a')].map(a => new URL(a.href).pathname)")
-        assert set(links) == {"/panel/metrics", "/panel/api/summary"}
+        assert set(links) == {"/panel/metrics", "/panel/api/summary", "/panel/api/history"}
 
         # 15 slow requests (missing every target) and one failure: 93.75 % and 6.25 % are
         # exact binary ties, which Python rounds to even ("6.2%") and toFixed would not.
@@ -478,3 +552,233 @@ async def test_panel_behind_a_path_prefix_without_resilience(browser: DevTools) 
     finally:
         await runner.cleanup()
 
+
+
+# --- charts -------------------------------------------------------------------------------------
+
+#: For every chart: its canvas size, how many pixels are painted at all, and per series
+#: its stroke colour, how many opaque pixels have that colour, and whether uPlot built a path.
+CANVAS_JS = """(() => {
+    const out = {};
+    for (const [name, u] of Object.entries(window.ragobsPanel.charts)) {
+        const canvas = u.root.querySelector("canvas");
+        const px = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+        let painted = 0;
+        for (let p = 3; p < px.length; p += 4) if (px[p] > 0) painted++;
+        const series = [];
+        for (let i = 1; i < u.series.length; i++) {
+            const s = u.series[i];
+            const stroke = typeof s.stroke === "function" ? s.stroke(u, i) : s.stroke;
+            const rgb = [1, 3, 5].map((k) => parseInt(stroke.slice(k, k + 2), 16));
+            const near = (p) => [0, 1, 2].every((c) => Math.abs(px[p + c] - rgb[c]) <= 6);
+            let hits = 0;
+            for (let p = 0; p < px.length; p += 4) if (px[p + 3] > 200 && near(p)) hits++;
+            series.push({label: s.label, stroke, hits, path: !!(s._paths && s._paths.stroke)});
+        }
+        out[name] = {width: canvas.width, height: canvas.height, painted, series,
+                     data: u.data, empty: !u.root.closest("figure").querySelector(".empty").hidden};
+    }
+    return out;
+})()"""
+
+TABLES_JS = """Object.fromEntries(["by-model", "by-stage"].map((id) => [id,
+    [...document.querySelectorAll(`#${id} tbody tr`)].map(
+        (tr) => [...tr.children].map((c) => c.textContent.trim()))]))"""
+
+
+def assert_charts_drawn(charts: dict[str, Any], points: list[dict[str, Any]]) -> None:
+    """Every chart plots exactly ``points`` and draws each series that has data."""
+    assert set(charts) == set(CHARTS)
+    for name, chart in charts.items():
+        assert chart["data"] == chart_columns(name, points), name
+        assert [s["label"] for s in chart["series"]] == [label for label, _, _ in CHARTS[name]]
+        assert chart["width"] >= 300 and chart["height"] >= 150, name
+        assert chart["painted"] > 2_000, f"{name}: a blank canvas"
+        assert not chart["empty"]
+        columns = chart["data"][1:]
+        for i, (series, values) in enumerate(zip(chart["series"], columns, strict=True)):
+            if not any(v for v in values):
+                continue  # nothing but zeros or gaps: may lie on the axis
+            assert series["path"], f"{name}/{series['label']}: no path"
+            # A series drawn over by a later one with the same values (p95 = p99 over a
+            # few requests) cannot show: the later one does.
+            if any(later == values for later in columns[i + 1:]):
+                continue
+            assert series["hits"] >= 10, f"{name}/{series['label']}: not on the canvas {series}"
+
+
+async def hold(telemetry: Telemetry, release: asyncio.Event) -> None:
+    """One request that stays in flight until ``release`` is set."""
+
+    async def source() -> AsyncIterator[str]:
+        yield "first "
+        await release.wait()
+        yield "last"
+
+    stream = observe_stream(source(), provider="simulated", model="sim-1", telemetry=telemetry)
+    async for _ in stream:
+        pass
+
+
+async def in_flight(telemetry: Telemetry, n: int) -> None:
+    for _ in range(200):
+        if telemetry.summary.totals().in_flight == n:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never {n} in flight")
+
+
+@pytest.mark.needs_chromium
+async def test_charts_and_breakdowns_in_chromium_follow_api_history(
+        browser: DevTools, artifacts: Path) -> None:
+    runtime = setup(service_name="charts-svc", serve=False, set_global=False,
+                    registry=CollectorRegistry())
+    tel = runtime.telemetry
+    clock = ManualClock()
+    history = History(InProcessSource(tel.summary, tel), clock=clock)
+    reporter = Reporter.of(tel, service="charts-svc", started=time.monotonic())
+    app = create_app(runtime.registry, reporter, history=history)
+    served: list[tuple[str, str, int, str]] = []  # method, path, status, user agent
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        agent = request.headers.get("User-Agent", "")
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:  # a 404 among them
+            served.append((request.method, request.path, exc.status, agent))
+            raise
+        served.append((request.method, request.path, response.status, agent))
+        return response
+
+    app.middlewares.append(record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    release = asyncio.Event()
+    held: list[asyncio.Task[None]] = []
+    try:
+        # Eight intervals of varied traffic over two models and three stages; the sampler
+        # takes a point as the manual clock passes each 10 s.
+        for i in range(8):
+            await traffic(tel, ok=4 + 3 * (i % 3), errors=i % 2, timeouts=int(i == 5),
+                          cancelled=int(i in (2, 6)))
+            await traffic(tel, ok=2 + i % 4, errors=int(i == 3), model="sim-2")
+            for _ in range(1 + i % 2):
+                async with stage("retrieve", telemetry=tel):
+                    await asyncio.sleep(0.002)
+            with stage("rerank", telemetry=tel):
+                pass
+            async with stage("generate", telemetry=tel):
+                await asyncio.sleep(0.004)
+            if i in (3, 4, 5):
+                held.append(asyncio.create_task(hold(tel, release)))
+                await in_flight(tel, len(held))
+            if i == 6:
+                release.set()
+                await asyncio.gather(*held)
+            await clock.advance(10.0)
+        assert len(history.points) == 8
+
+        page = await browser.open(f"{url}/")
+        await page.wait_js(
+            "document.querySelector('figure[data-chart=requests]').dataset.points === '8'",
+            "eight points in the charts")
+        total = tel.summary.snapshot().total_requests
+        view = await page.wait_for(total_is(total), f"the {total} requests")
+        # The figures are /api/summary's, as before the charts came.
+        assert_matches(view, await fetch_summary(url), {**FIELDS, **RESILIENCE_FIELDS})
+
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"{url}/api/history") as resp:
+            data: dict[str, Any] = await resp.json()
+        assert len(data["points"]) == 8
+        assert_charts_drawn(await page.evaluate(CANVAS_JS), data["points"])
+        assert [p["in_flight"] for p in data["points"]] == [0, 0, 0, 1, 2, 3, 0, 0]
+
+        # The breakdowns, as the JSON has them and the terminal would format them.
+        tables = await page.evaluate(TABLES_JS)
+        assert tables["by-model"] == [
+            [r["model"], str(r["requests"]), str(r["failed"]), shown("pct", r["failure_rate"])]
+            for r in data["by_model"]]
+        assert [r[0] for r in tables["by-model"]] == ["sim-1", "sim-2"]
+        assert tables["by-stage"] == [
+            [r["stage"], str(r["count"]), shown("seconds", r["avg_seconds"]),
+             shown("seconds", r["total_seconds"])] for r in data["by_stage"]]
+        assert {r[0]: r[1] for r in tables["by-stage"]} == {
+            "retrieve": "12", "rerank": "8", "generate": "8"}
+        shot = await page.screenshot(artifacts / "panel-light.png")
+        print(f"screenshot: {shot}")
+
+        # A new interval shows up without a reload.
+        await page.evaluate("window.__sameDocument = true")
+        await traffic(tel, ok=9, errors=2, model="sim-2")
+        await clock.advance(10.0)
+        await page.wait_js(
+            "document.querySelector('figure[data-chart=requests]').dataset.points === '9'",
+            "the ninth point")
+        assert await page.evaluate("window.__sameDocument === true")
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"{url}/api/history") as resp:
+            data = await resp.json()
+        assert data["points"][-1]["requests_per_second"]["ok"] == 0.9
+        assert_charts_drawn(await page.evaluate(CANVAS_JS), data["points"])
+
+        # Dark scheme: the charts are rebuilt in its colours, and still draw everything.
+        await page.send("Emulation.setEmulatedMedia", {
+            "features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        await page.wait_js(
+            "getComputedStyle(document.body).backgroundColor === 'rgb(17, 20, 23)'"
+            " && ragobsPanel.charts.requests.series[1].stroke(ragobsPanel.charts.requests, 1)"
+            " === '#5bb974'", "the dark scheme")
+        assert_charts_drawn(await page.evaluate(CANVAS_JS), data["points"])
+        shot = await page.screenshot(artifacts / "panel-dark.png")
+        print(f"screenshot: {shot}")
+
+        # One request for the page (its library, styles and licence inlined), then only
+        # the JSON polls: nothing else was fetched, not even an icon.
+        await asyncio.sleep(1.5)  # a few more polls, answered 304 until the next point
+        from_browser = [(m, path, status) for m, path, status, agent in served
+                        if "Chrome" in agent]
+        assert from_browser[0] == ("GET", "/", 200)
+        assert [r for r in from_browser if r[1] == "/"] == [("GET", "/", 200)]
+        assert {path for _, path, _ in from_browser} == {"/", "/api/summary", "/api/history"}
+        assert ("GET", "/api/history", 304) in from_browser
+        assert all(status in (200, 304) for _, _, status in from_browser)
+        fetched = await page.evaluate(
+            "[...new Set(performance.getEntriesByType('resource')"
+            ".map((e) => new URL(e.name).pathname))].sort()")
+        assert fetched == ["/api/history", "/api/summary"]
+        assert await page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    finally:
+        release.set()
+        await asyncio.gather(*held, return_exceptions=True)
+        await runner.cleanup()
+        runtime.shutdown()
+
+
+@pytest.mark.needs_chromium
+async def test_charts_wait_for_the_first_interval(browser: DevTools) -> None:
+    """Before the first interval closes the charts are empty, with a note, not broken."""
+    stats = SummaryStats()
+    root = web.Application()
+    root.add_subapp("/panel", create_app(CollectorRegistry(), stats, "bare-svc"))
+    runner = web.AppRunner(root, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        page = await browser.open(f"http://127.0.0.1:{port}/panel/")
+        await page.wait_for(total_is(0), "an empty summary")
+        await page.wait_js("document.body.dataset.historyUpdated", "the first api/history")
+        state = await page.evaluate("""[...document.querySelectorAll("figure[data-chart]")].map(
+            (f) => [f.dataset.chart, f.dataset.points, !f.querySelector(".empty").hidden,
+                    f.querySelectorAll("canvas").length])""")
+        assert state == [[name, "0", True, 1] for name in CHARTS]
+        tables = await page.evaluate(TABLES_JS)
+        assert tables == {"by-model": [["No requests finished in this window"]],
+                          "by-stage": [["No stages ran in this window"]]}
+    finally:
+        await runner.cleanup()
