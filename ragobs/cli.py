@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from ragobs.demo.agent import DemoConfig, import_openai
@@ -96,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--linger", type=_non_negative_float, default=0.0,
                       help="keep serving /metrics this many seconds after the traffic ends")
 
+    host = sub.add_parser(
+        "sidecar", help="serve a whole host: merge what every worker process pushes",
+        description="The host sidecar, a process of its own: receives the metrics every "
+                    "worker pushes (OTLP/HTTP on POST /v1/metrics; workers push when "
+                    "RAGOBS_SIDECAR_URL is set), merges them and serves /metrics, /healthz, "
+                    "/readyz, /api/summary, /api/history and the live panel for the host. "
+                    "Any OpenTelemetry SDK's GenAI metrics are welcome too. "
+                    "Needs: pip install 'ragobs[otlp]'")
+    _add_server_args(host)
+
     serve = sub.add_parser("serve", help="run the sidecar standalone")
     _add_server_args(serve)
     serve.add_argument("--run", metavar="MODULE:CALLABLE", default=None,
@@ -148,6 +159,41 @@ async def _demo(args: argparse.Namespace) -> None:
         runtime.shutdown()
 
 
+async def _host(args: argparse.Namespace) -> None:
+    _stop_on_sigterm()
+    try:
+        from ragobs.host import (
+            HostCollector,
+            HostHistorySource,
+            HostMetrics,
+            HostReporter,
+            add_otlp_routes,
+        )
+    except ImportError as exc:
+        raise ImportError(f"ragobs sidecar needs the OTLP packages ({exc.name}): "
+                          "pip install 'ragobs[otlp]'") from None
+    from prometheus_client import CollectorRegistry
+
+    from ragobs.history import History
+    from ragobs.server.app import create_app
+    from ragobs.server.sidecar import Sidecar
+
+    merged = HostMetrics()
+    registry = CollectorRegistry()
+    registry.register(HostCollector(merged))
+    reporter = HostReporter(merged, service=args.service_name or "ragobs-host",
+                            started=time.monotonic())
+    app = create_app(registry, reporter, history=History(HostHistorySource(merged)))
+    add_otlp_routes(app, merged)
+    sidecar = await Sidecar(app, args.host, args.port).start()
+    print(f"ragobs host sidecar: {sidecar.url}/metrics, panel at {sidecar.url}/, workers "
+          f"push with RAGOBS_SIDECAR_URL={sidecar.url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sidecar.stop()
+
+
 async def _serve(args: argparse.Namespace) -> None:
     _stop_on_sigterm()
     runtime = setup(service_name=args.service_name, serve=False)
@@ -176,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ragobs: error: {exc}", file=sys.stderr)
         return 2
-    runner = _demo if args.command == "demo" else _serve
+    runner = {"demo": _demo, "sidecar": _host, "serve": _serve}[args.command]
     try:
         asyncio.run(runner(args))
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from ragobs import semconv
 from ragobs._version import __version__
@@ -33,6 +33,7 @@ from ragobs.telemetry import Telemetry
 __all__ = [
     "JSON_ONLY",
     "Report",
+    "ReportSource",
     "Reporter",
     "ResilienceCounts",
     "as_json",
@@ -111,6 +112,15 @@ JSON_ONLY: Final = frozenset({
     "version",
     "uptime_seconds",
 })
+
+
+
+
+class ReportSource(Protocol):
+    """Anything that builds :class:`Report` objects: a :class:`Reporter` (one
+    process), or the host sidecar's reporter over merged worker metrics."""
+
+    def report(self) -> Report: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ records into them, and ``/metrics`` serves the prometheus_client registry
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import signal
@@ -360,6 +361,35 @@ def setup(
     if handle_sigterm:
         runtime.handle_sigterm()
     if serve:
-        runtime.sidecar = runtime.app_sidecar(host, port).start_in_thread()
-        logger.info("ragobs sidecar serving %s/metrics", runtime.sidecar.url)
+        try:
+            runtime.sidecar = runtime.app_sidecar(host, port).start_in_thread()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            # Several workers of one server, each calling setup(): the first
+            # one serves; crashing the others would take the app down.
+            logger.error("ragobs: %s. This process's figures are not served. For several "
+                         "worker processes run `ragobs sidecar` once per host and give the "
+                         "workers RAGOBS_SIDECAR_URL=http://127.0.0.1:9464 (see the README, "
+                         "'Several workers')", exc.strerror)
+        else:
+            logger.info("ragobs sidecar serving %s/metrics", runtime.sidecar.url)
     return runtime
+
+
+def _after_fork_in_child() -> None:
+    """A process forked after setup() served in-process (gunicorn --preload,
+    a multiprocessing pool): the sidecar thread did not come along, and
+    whatever this process records would never be served. Say so, loudly."""
+    runtime = _current
+    if runtime is None or runtime.sidecar is None:
+        return
+    runtime.sidecar = None
+    logger.error("ragobs: this process was forked after setup() started serving metrics "
+                 "(gunicorn --preload?): its figures are not served by the parent. Run "
+                 "`ragobs sidecar` and set RAGOBS_SIDECAR_URL before the server starts, or "
+                 "call setup() in each worker (see the README, 'Several workers')")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -30,11 +30,11 @@ from prometheus_client import CollectorRegistry
 
 from ragobs.exposition import render
 from ragobs.history import History, InProcessSource
-from ragobs.report import Reporter, as_json
+from ragobs.report import Reporter, ReportSource, as_json
 from ragobs.summary_stats import SummaryStats
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
-REPORTER_KEY = web.AppKey("reporter", Reporter)
+REPORTER_KEY = web.AppKey("reporter", ReportSource)
 HISTORY_KEY = web.AppKey("history", History)
 
 #: Files of ``static/`` the page inlines where its placeholder comments are,
@@ -130,7 +130,7 @@ async def _sampler(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def create_app(registry: CollectorRegistry, reporter: Reporter | SummaryStats,
+def create_app(registry: CollectorRegistry, reporter: ReportSource | SummaryStats,
                service: str | None = None, *, history: History | None = None) -> web.Application:
     """The sidecar application serving ``registry`` and the reports of ``reporter``.
 
@@ -146,11 +146,15 @@ def create_app(registry: CollectorRegistry, reporter: Reporter | SummaryStats,
     if isinstance(reporter, SummaryStats):
         reporter = Reporter(reporter, service="ragobs" if service is None else service,
                             started=time.monotonic())
-    elif not isinstance(reporter, Reporter):
-        raise TypeError(f"reporter must be a Reporter or a SummaryStats, got {reporter!r}")
+    elif not callable(getattr(reporter, "report", None)):
+        raise TypeError(f"reporter must be a Reporter (anything with report()) or a "
+                        f"SummaryStats, got {reporter!r}")
     elif service is not None:
         raise TypeError("service is given to the Reporter, not to create_app()")
     if history is None:
+        if not isinstance(reporter, Reporter):
+            raise TypeError("history must be given with a reporter of another kind "
+                            "than ragobs.report.Reporter")
         history = History(InProcessSource(reporter.stats, reporter.telemetry))
     elif not isinstance(history, History):
         raise TypeError(f"history must be a History or None, got {history!r}")

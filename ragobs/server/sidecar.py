@@ -84,7 +84,8 @@ class Sidecar:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> Sidecar:
-        runner = web.AppRunner(self._app, access_log=None, logger=_HTTP_LOG)
+        # lingering_time: a refused (oversized) upload is not read on for long.
+        runner = web.AppRunner(self._app, access_log=None, logger=_HTTP_LOG, lingering_time=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:
