@@ -37,7 +37,7 @@ PUSH_INTERVAL = 1.0
 
 
 def _get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         body: bytes = response.read()
         return body
 
