@@ -1,5 +1,8 @@
 """ragobs: observability and resilience for streaming LLM / RAG agents."""
 
+import importlib
+from typing import TYPE_CHECKING
+
 from ragobs._clients import instrument_client
 from ragobs._version import __version__
 from ragobs.chunks import register_chunk_reader
@@ -18,13 +21,30 @@ from ragobs.resilience import (
     timeout,
     with_timeout,
 )
-from ragobs.runtime import Runtime, setup
 from ragobs.semconv import Outcome
 from ragobs.stages import stage
 from ragobs.stream import StreamObservation, instrument_stream, observe, observe_stream
 from ragobs.summary import Session, SessionError, StreamingMetrics
 from ragobs.summary_stats import Summary, SummaryStats
 from ragobs.telemetry import Telemetry, get_telemetry, set_telemetry
+
+if TYPE_CHECKING:  # loaded on first use: see __getattr__
+    from ragobs.runtime import Runtime, setup
+
+# What only setup() needs (the OpenTelemetry SDK, the Prometheus exporter, the
+# aiohttp sidecar) loads on first use, so that a library that only instruments
+# (`from ragobs import retry, observe_stream`) pays for the OpenTelemetry API alone.
+_LAZY = {"Runtime": "ragobs.runtime", "setup": "ragobs.runtime"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ragobs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Clock",
