@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+__all__ = ["SYSTEM_CLOCK", "Cancellable", "Clock", "ManualClock", "MonotonicClock"]
+
 
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
