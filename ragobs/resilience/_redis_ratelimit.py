@@ -54,8 +54,11 @@ are also rejections with reason ``backend_unavailable``. For
 without asking Redis (so a dead Redis costs no latency); then the next
 acquisition tries again, and the limiter recovers by itself when Redis is back.
 
-Reporting is the local limiter's (:class:`~ragobs.resilience._ratelimit.LimiterReport`):
-the same metrics, span events, log lines and hooks.
+The waiting line (cancellation, ``max_wait``, the wait notices) and the
+reporting are the local limiter's (:mod:`ragobs.resilience._limiter`): the
+same metrics, span events, log lines and hooks. What is Redis's own here is the
+driver that asks the script (``sliding_window.lua``, beside this module) for
+the head of the line, and what happens when Redis cannot be asked.
 """
 
 from __future__ import annotations
@@ -68,13 +71,12 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from collections.abc import Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Final, Literal
 
-from ragobs import semconv
-from ragobs.clock import Cancellable, Clock
-from ragobs.errors import RateLimiterUnavailable, RateLimitTimeout
-from ragobs.events import emit
+from ragobs.clock import Clock
+from ragobs.errors import RateLimiterUnavailable
 from ragobs.resilience._checks import (
     _check_clock,
     _check_name,
@@ -84,20 +86,18 @@ from ragobs.resilience._checks import (
     _optional_positive,
     _positive,
 )
-from ragobs.resilience._ratelimit import (
-    COST,
+from ragobs.resilience._limiter import (
     REASON_BACKEND_UNAVAILABLE,
-    REASON_CANCELLED,
     REASON_NO_CAPACITY,
-    REASON_TIMEOUT,
     LimiterForms,
     LimiterReport,
+    Waiter,
+    WaitLine,
     check_cost,
     check_limits,
     checked_cost,
-    prune_departed,
 )
-from ragobs.telemetry import Telemetry, get_telemetry
+from ragobs.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -105,131 +105,33 @@ if TYPE_CHECKING:
 
 __all__ = ["OnUnavailable", "RedisRateLimiter"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 OnUnavailable = Literal["open", "closed"]
 MODES: Final[tuple[str, ...]] = ("open", "closed")
-
-#: Rejection reason when Redis cannot be reached and the limiter fails closed.
 
 # Waiters asked for in one script call: bounds the call's size, not fairness.
 _BATCH: Final = 64
 # Grants to give back (ZREM) sent in one script call.
 _VOIDS: Final = 256
 
-# KEYS[1]: sorted set of grants, member "<cost>:<id>", score = grant time in µs
-#          on Redis's clock. KEYS[2]: sum of the costs in KEYS[1].
-# ARGV: limit, window (µs), peek (1 = answer only), number of grants to give
-#       back, those members, then (member, cost) pairs in line order.
-# Grants the longest prefix of the pairs that fits. Returns
-# {server time µs, number granted, ms until the first refused one fits}.
-_SCRIPT: Final = """
-local grants, sums = KEYS[1], KEYS[2]
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local peek = ARGV[3] == '1'
-local nvoid = tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
--- Redis's wall clock may step back: never grant before the newest grant, so
--- the log stays ordered and every window is measured on one time line.
-local newest = redis.call('ZRANGE', grants, -1, -1, 'WITHSCORES')
-if newest[2] and tonumber(newest[2]) > now then now = tonumber(newest[2]) end
-local function cost_of(member) return tonumber(string.match(member, '^(%d+):')) end
 
-local used, recounted = 0, false
-if redis.call('EXISTS', grants) == 1 then
-  used = tonumber(redis.call('GET', sums))
-  if used == nil then  -- the sum was lost (evicted, deleted): recount
-    used = 0
-    for _, m in ipairs(redis.call('ZRANGE', grants, 0, -1)) do used = used + cost_of(m) end
-    recounted = true
-  end
-end
-local changed = recounted
-for i = 5, 4 + nvoid do
-  if redis.call('ZREM', grants, ARGV[i]) == 1 then
-    used = used - cost_of(ARGV[i])
-    changed = true
-  end
-end
--- A grant at s counts while now < s + window.
-local cutoff = string.format('%.0f', now - window)
-local expired = redis.call('ZRANGEBYSCORE', grants, '-inf', cutoff)
-if #expired > 0 then
-  for _, m in ipairs(expired) do used = used - cost_of(m) end
-  redis.call('ZREMRANGEBYSCORE', grants, '-inf', cutoff)
-  changed = true
-end
-if used < 0 then used = 0 end
-
--- What this call takes is kept apart from ``used`` so that a peek (which
--- takes nothing) never inflates the stored sum.
-local granted, wait, taken = 0, 0, 0
-local i = 5 + nvoid
-local stamp = string.format('%.0f', now)
-while i < #ARGV do
-  local cost = tonumber(ARGV[i + 1])
-  -- A member already present was granted by an earlier run of this same call
-  -- (the client retried after losing the reply): it is counted once.
-  local held = (not peek) and redis.call('ZSCORE', grants, ARGV[i])
-  if held then cost = 0 end
-  if used + taken + cost > limit then
-    -- Walk the oldest grants until enough of them would have expired.
-    local excess = used + taken + cost - limit
-    wait = window  -- only if the sum overstates the members: all expire by then
-    local first = 0
-    while excess > 0 do
-      local chunk = redis.call('ZRANGE', grants, first, first + 99, 'WITHSCORES')
-      if #chunk == 0 then break end
-      for j = 1, #chunk, 2 do
-        excess = excess - cost_of(chunk[j])
-        if excess <= 0 then
-          wait = tonumber(chunk[j + 1]) + window - now
-          break
-        end
-      end
-      first = first + 100
-    end
-    break
-  end
-  if not peek and not held then redis.call('ZADD', grants, stamp, ARGV[i]) end
-  taken = taken + cost
-  granted = granted + 1
-  i = i + 2
-end
-
-if granted > 0 and not peek then
-  used = used + taken
-  local ttl = math.ceil(window / 1000)
-  redis.call('SET', sums, used, 'PX', ttl)
-  redis.call('PEXPIRE', grants, ttl)
-elseif changed then
-  -- Never a sum without the expiry of the grants it counts.
-  local pttl = redis.call('PTTL', grants)
-  if used > 0 and pttl > 0 then redis.call('SET', sums, used, 'PX', pttl)
-  else redis.call('DEL', sums) end
-end
-return {now, granted, math.ceil(wait / 1000)}
-"""
-
-# (server time of the grant in µs, or None when granted without Redis;
-#  the backend error when granted because the limiter fails open)
-_Grant = tuple[int | None, BaseException | None]
+@functools.cache
+def _script() -> str:
+    """The grant script (``sliding_window.lua``: its header says what it takes
+    and returns), read once."""
+    return (resources.files("ragobs.resilience").joinpath("sliding_window.lua")
+            .read_text(encoding="utf-8"))
 
 
-class _Waiter:
-    __slots__ = ("context", "cost", "departed", "future", "member", "noticed", "queued")
+class _Waiter(Waiter[int]):
+    """A waiter and its member in the sorted set; its grant is the grant's time
+    on Redis's clock in µs (None when granted without Redis)."""
 
-    def __init__(self, cost: int, member: str, future: asyncio.Future[_Grant]) -> None:
-        self.cost = cost
-        self.member = member
-        self.future = future
+    __slots__ = ("member",)
+
+    def __init__(self, cost: int, member: str) -> None:
         # The caller's context, so the wait notice lands on the caller's span.
-        self.context = contextvars.copy_context()
-        self.queued = True
-        self.noticed = False  # the wait notice was emitted: this acquisition waited
-        self.departed = False  # left the line ungranted (cancelled or timed out)
+        super().__init__(cost, context=contextvars.copy_context())
+        self.member = member
 
 
 class RedisRateLimiter(LimiterForms):
@@ -260,12 +162,12 @@ class RedisRateLimiter(LimiterForms):
     One limiter serves one event loop (its Redis client is bound to it).
     """
 
-    __slots__ = ("_blocked", "_clock", "_departed", "_down_until", "_driver", "_in_flight",
-                 "_keys", "_last_error", "_line", "_loop", "_owns_client", "_queued", "_redis",
-                 "_redis_errors", "_report", "_retry_at", "_script", "_seq", "_stale_errors",
-                 "_telemetry", "_token", "_unnoticed", "_url", "_voids",
-                 "_wake", "_window_us", "backend_timeout", "key", "max_requests", "name",
-                 "on_unavailable", "retry_backend_after", "window_seconds")
+    __slots__ = ("_blocked", "_clock", "_down_until", "_driver", "_in_flight", "_keys",
+                 "_last_error", "_line", "_loop", "_owns_client", "_redis", "_redis_errors",
+                 "_report", "_retry_at", "_script", "_seq", "_stale_errors", "_token",
+                 "_unnoticed", "_url", "_voids", "_wake", "_window_us", "backend_timeout", "key",
+                 "max_requests", "name", "on_unavailable", "retry_backend_after",
+                 "window_seconds")
 
     def __init__(self, max_requests: int = 10, window_seconds: float = 60.0, *,
                  redis: Redis | None = None, url: str | None = None, key: str | None = None,
@@ -312,20 +214,17 @@ class RedisRateLimiter(LimiterForms):
         self._url = url
         self._owns_client = url is not None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._script: AsyncScript = client.register_script(_SCRIPT)
+        self._script: AsyncScript = client.register_script(_script())
         self._keys = (key, f"{key}:sum")
         self._redis_errors: tuple[type[BaseException], ...] = (RedisError, OSError)
         self._stale_errors: tuple[type[BaseException], ...] = (RedisConnectionError,)
         self._window_us = max(1, round(self.window_seconds * 1_000_000))
         self._clock = _check_clock(clock)
-        self._telemetry = _check_telemetry(telemetry)
         self._report = LimiterReport(self.name, self.max_requests, self.window_seconds,
-                                     self._telemetry)
+                                     _check_telemetry(telemetry))
         self._token = os.urandom(8).hex()  # makes members unique across processes
         self._seq = itertools.count()
-        self._line: collections.deque[_Waiter] = collections.deque()
-        self._departed = 0  # waiters that left ungranted but are still in the line
-        self._queued = 0
+        self._line: WaitLine[_Waiter] = WaitLine(self._clock, self._report)
         self._unnoticed: list[_Waiter] = []
         self._blocked = False  # the head was refused and waits for capacity
         self._retry_at = 0.0
@@ -378,11 +277,9 @@ class RedisRateLimiter(LimiterForms):
                     "makes a client per loop) or a client created in this loop")
             assert self._url is not None  # owned clients come from url=
             self._redis = self._connect(self._url)
-            self._script = self._redis.register_script(_SCRIPT)
-            self._line.clear()
-            self._departed = 0
+            self._script = self._redis.register_script(_script())
+            self._line = WaitLine(self._clock, self._report)
             self._unnoticed.clear()
-            self._queued = 0
             self._blocked = False
             self._driver = None
             self._wake = asyncio.Event()
@@ -398,7 +295,7 @@ class RedisRateLimiter(LimiterForms):
         """
         cost = self._checked(cost)
         self._bind_loop()
-        if self._queued:
+        if self._line.queued:
             self._report.rejected(REASON_NO_CAPACITY, cost)
             return False
         if self._down_until > self._clock.now():
@@ -430,7 +327,7 @@ class RedisRateLimiter(LimiterForms):
         trip, takes nothing). Redis unreachable: ``on_unavailable == "open"``."""
         cost = check_cost(cost, self.max_requests)
         self._bind_loop()
-        if self._queued:
+        if self._line.queued:
             return False
         if self._down_until > self._clock.now():
             return self.on_unavailable == "open"
@@ -444,7 +341,7 @@ class RedisRateLimiter(LimiterForms):
     @property
     def waiting(self) -> int:
         """Number of acquisitions of this process waiting in line."""
-        return self._queued
+        return self._line.queued
 
     async def aclose(self) -> None:
         """Stop the driver task, and close the Redis client if the limiter
@@ -482,85 +379,24 @@ class RedisRateLimiter(LimiterForms):
         if self._down_until > start:  # Redis failed a moment ago: do not wait on it again
             self._unavailable(cost, self._last_error)
             return 0.0, None
-        waiter = _Waiter(cost, self._member(cost), asyncio.get_running_loop().create_future())
-        self._line.append(waiter)
-        self._queued += 1
+        waiter = _Waiter(cost, self._member(cost))
+        self._line.join(waiter)
         if self._blocked:  # behind a head that is waiting for capacity
-            self._notice(waiter, max(0.0, self._retry_at - start))
+            self._line.notice(waiter, max(0.0, self._retry_at - start))
         else:
             self._unnoticed.append(waiter)
-        self._ensure_driver()
-        alarm: Cancellable | None = None
-        if max_wait is not None:
-            alarm = clock.call_at(start + max_wait,
-                                  functools.partial(self._time_out, waiter, max_wait))
-        try:
-            when, error = await waiter.future
-        except BaseException as exc:
-            self._abandon(waiter)
-            waited = clock.now() - start
-            if isinstance(exc, RateLimiterUnavailable):
-                self._backend_error("closed", cost, exc.__cause__ or exc)
-                self._report.rejected(REASON_BACKEND_UNAVAILABLE, cost, waited=waited, error=exc)
-            else:
-                reason = (REASON_TIMEOUT if isinstance(exc, RateLimitTimeout)
-                          else REASON_BACKEND_UNAVAILABLE if isinstance(exc, Exception)
-                          else REASON_CANCELLED)
-                self._report.rejected(reason, cost, waited=waited,
-                                      error=exc if isinstance(exc, Exception) else None)
-            raise
-        finally:
-            if alarm is not None:
-                alarm.cancel()
-        if error is not None:
-            self._backend_error("open", cost, error)
-        if not waiter.noticed:
-            self._report.acquired()
-            return 0.0, when
-        waited = clock.now() - start
-        self._report.waited(waited)
-        return waited, when
+        waited = await self._line.wait(waiter, max_wait, start, serve=self._ensure_driver,
+                                       wake=self._wake_driver, give_back=self._give_back)
+        return waited, waiter.grant
 
-    def _notice(self, waiter: _Waiter, estimate: float) -> None:
-        waiter.noticed = True
-        waiter.context.run(self._report.waiting, estimate, waiter.cost)
-
-    def _is_head(self, waiter: _Waiter) -> bool:
-        for queued in self._line:
-            if queued.queued:
-                return queued is waiter
-        return False
-
-    def _dequeue(self, waiter: _Waiter) -> bool:
-        if not waiter.queued:
-            return False
-        waiter.queued = False
-        self._queued -= 1
-        return True
-
-    def _depart(self, waiter: _Waiter) -> None:
-        """An ungranted waiter leaves the line (it stays in it until pruned)."""
-        if self._dequeue(waiter):
-            waiter.departed = True
-            self._departed = prune_departed(self._line, self._departed + 1)
-
-    def _time_out(self, waiter: _Waiter, timeout: float) -> None:
-        if not waiter.future.done():
-            head = self._is_head(waiter)
-            self._depart(waiter)
-            waiter.future.set_exception(RateLimitTimeout(self.name, timeout))
-            if head:  # the next one may fit now
-                self._wake.set()
-
-    def _abandon(self, waiter: _Waiter) -> None:
-        """The caller left (cancelled, timed out, refused): hold nothing."""
-        fut = waiter.future
-        if fut.done() and not fut.cancelled() and fut.exception() is None \
-                and fut.result()[0] is not None:
-            self._void(waiter.member)  # granted, but cancelled before it could resume
-        if self._is_head(waiter):
+    def _wake_driver(self, moved: bool) -> None:
+        """A waiter left: if it was the head, or capacity came back, ask Redis
+        again now."""
+        if moved:
             self._wake.set()
-        self._depart(waiter)
+
+    def _give_back(self, waiter: _Waiter) -> None:
+        self._void(waiter.member)
 
     def _void(self, member: str) -> None:
         """Give a grant back: removed from Redis by the next script call.
@@ -572,7 +408,7 @@ class RedisRateLimiter(LimiterForms):
         """
         self._voids.append((member, self._clock.now()))
         self._wake.set()
-        if self._queued:
+        if self._line.queued:
             self._ensure_driver()
 
     def _void_if_granted(self, member: str, call: asyncio.Future[tuple[int, int, int]]) -> None:
@@ -596,14 +432,12 @@ class RedisRateLimiter(LimiterForms):
         line = self._line
         try:
             while True:
-                while line and not line[0].queued:
-                    if line.popleft().departed:
-                        self._departed -= 1
+                head = line.head()
                 voids = self._take_voids()
-                if not line and not voids:
+                if head is None and not voids:
                     self._unnoticed.clear()
                     return
-                batch = list(itertools.islice((w for w in line if w.queued), _BATCH))
+                batch = line.first(_BATCH)
                 self._wake.clear()
                 self._in_flight = batch
                 try:
@@ -618,11 +452,8 @@ class RedisRateLimiter(LimiterForms):
                     return
                 self._in_flight = []
                 for waiter in batch[:granted]:
-                    if waiter.future.done():  # left while the call was in flight
+                    if not line.grant(waiter, now_us):  # left while the call was in flight
                         self._voids.append((waiter.member, clock.now()))
-                    else:
-                        self._dequeue(waiter)
-                        waiter.future.set_result((now_us, None))
                 if granted == len(batch):
                     self._blocked = False
                     self._unnoticed = [w for w in self._unnoticed if w.queued]
@@ -633,7 +464,7 @@ class RedisRateLimiter(LimiterForms):
                 self._retry_at = clock.now() + wait
                 for waiter in (batch[granted], *self._unnoticed):
                     if waiter.queued and not waiter.noticed:
-                        self._notice(waiter, wait)
+                        line.notice(waiter, wait)
                 self._unnoticed.clear()
                 if not self._wake.is_set():  # a head that left meanwhile: ask again now
                     timer = clock.call_at(self._retry_at, self._wake.set)
@@ -692,40 +523,24 @@ class RedisRateLimiter(LimiterForms):
 
     def _fail_line(self, error: BaseException) -> None:
         """Apply ``on_unavailable`` to everyone waiting."""
-        for waiter in self._line:
-            if waiter.queued and not waiter.future.done():
-                self._dequeue(waiter)
-                if self.on_unavailable == "open":
-                    waiter.future.set_result((None, error))
-                else:
-                    waiter.future.set_exception(self._closed_error(error))
-        self._line.clear()
-        self._departed = 0
+        for waiter in self._line.take_all():
+            if self.on_unavailable == "open":
+                waiter.resolve(None, error)
+            else:
+                waiter.future.set_exception(self._closed_error(error))
         self._unnoticed.clear()
 
     def _unavailable(self, cost: int, error: BaseException | None) -> None:
         """Decide one acquisition without Redis: return (open) or raise (closed)."""
         cause = error if error is not None else ConnectionError("Redis unavailable")
         if self.on_unavailable == "open":
-            self._backend_error("open", cost, cause)
+            self._report.backend_error("open", cost, cause)
             self._report.acquired()
             return
         exc = self._closed_error(cause)
-        self._backend_error("closed", cost, cause)
+        self._report.backend_error("closed", cost, cause)
         self._report.rejected(REASON_BACKEND_UNAVAILABLE, cost, error=exc)
         raise exc
-
-    def _backend_error(self, mode: str, cost: int, error: BaseException) -> None:
-        tel = self._telemetry or get_telemetry()
-        tel.counter(semconv.RATELIMIT_BACKEND_ERRORS).add(1, {
-            semconv.NAME: tel.bound(semconv.NAME, self.name),
-            semconv.RATELIMIT_BACKEND_MODE: mode,
-        })
-        emit(semconv.EVENT_RATELIMIT_BACKEND_ERROR, self.name,
-             {semconv.RATELIMIT_BACKEND_MODE: mode, COST: cost}, error=error,
-             level=logging.WARNING,
-             message=f"rate limit {self.name}: Redis unavailable ({_describe(error)}), "
-                     f"failing {mode}")
 
     def _crash(self, exc: BaseException) -> None:
         """The driver died of something unexpected: nobody may wait forever."""
@@ -735,13 +550,9 @@ class RedisRateLimiter(LimiterForms):
         if isinstance(exc, Exception):
             logging.getLogger("ragobs").error("rate limit %s: driver failed", self.name,
                                               exc_info=exc)
-        for waiter in self._line:
-            if waiter.queued and not waiter.future.done():
-                self._dequeue(waiter)
-                if isinstance(exc, Exception):
-                    waiter.future.set_exception(exc)
-                else:
-                    waiter.future.cancel()
-        self._line.clear()
-        self._departed = 0
+        for waiter in self._line.take_all():
+            if isinstance(exc, Exception):
+                waiter.future.set_exception(exc)
+            else:
+                waiter.future.cancel()
         self._unnoticed.clear()
