@@ -98,13 +98,20 @@ class ManualClock:
         if not 0 <= seconds < math.inf:  # also refuses NaN
             raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         target = self._now + seconds
-        while self._sleepers and self._sleepers[0][0] <= target:
-            deadline, _, timer = heapq.heappop(self._sleepers)
-            self._now = max(self._now, deadline)
-            if not timer.cancelled:
-                timer.cancelled = True
-                timer.callback()
+        while self._fire_next(target):
+            pass
         self._now = target
+
+    def _fire_next(self, target: float) -> bool:
+        """Run the earliest timer due by ``target``; False when none is left."""
+        if not self._sleepers or self._sleepers[0][0] > target:
+            return False
+        deadline, _, timer = heapq.heappop(self._sleepers)
+        self._now = max(self._now, deadline)
+        if not timer.cancelled:
+            timer.cancelled = True
+            timer.callback()
+        return True
 
     def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable:
         timer = _Timer(callback)
@@ -130,13 +137,8 @@ class ManualClock:
             raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         target = self._now + seconds
         await _settle()
-        while self._sleepers and self._sleepers[0][0] <= target:
-            deadline, _, timer = heapq.heappop(self._sleepers)
-            self._now = max(self._now, deadline)
-            if not timer.cancelled:
-                timer.cancelled = True
-                timer.callback()
-                await _settle()
+        while self._fire_next(target):
+            await _settle()
         self._now = target
         await _settle()
 

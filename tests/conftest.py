@@ -10,10 +10,10 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ragobs.telemetry import Telemetry
+from ragobs.testing import recording_telemetry
 from tests.provider_server import provider_server, threaded_provider_server
 
 __all__ = ["provider_server", "threaded_provider_server"]  # fixtures for every test module
@@ -71,12 +71,7 @@ def _dotted(attrs: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def otel() -> Iterator[OTelHarness]:
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
-    yield OTelHarness(telemetry, exporter, reader, tracer_provider, meter_provider)
-    meter_provider.shutdown()
-    tracer_provider.shutdown()
+    rec = recording_telemetry()
+    yield OTelHarness(rec.telemetry, rec.span_exporter, rec.metric_reader,
+                      rec.tracer_provider, rec.meter_provider)
+    rec.shutdown()

@@ -22,7 +22,8 @@ def test_importing_ragobs_loads_the_opentelemetry_api_only() -> None:
     the SDK, the Prometheus exporter or an HTTP server (setup() loads those)."""
     code = ("import sys, ragobs\n"
             "heavy = [m for m in ('aiohttp', 'opentelemetry.sdk', 'prometheus_client',\n"
-            "         'opentelemetry.exporter.prometheus', 'google.protobuf') if m in sys.modules]\n"
+            "         'opentelemetry.exporter.prometheus', 'google.protobuf')\n"
+            "         if m in sys.modules]\n"
             "print(heavy)\n"
             "ragobs.setup\n"
             "print('opentelemetry.sdk' in sys.modules)\n")
