@@ -11,8 +11,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from ragobs.exposition import PrometheusReader
-from ragobs.telemetry import Telemetry
+from ragobs._exposition import PrometheusReader
+from ragobs._telemetry import Telemetry
 
 
 async def source(n: int) -> AsyncGenerator[str, None]:

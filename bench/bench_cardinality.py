@@ -18,10 +18,10 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
 
-from ragobs.exposition import render
-from ragobs.labels import DEFAULT_MAX_SERIES
-from ragobs.runtime import Runtime, setup
-from ragobs.stream import observe_stream
+from ragobs._exposition import render
+from ragobs._labels import DEFAULT_MAX_SERIES
+from ragobs._runtime import Runtime, setup
+from ragobs._stream import observe_stream
 
 MODELS = 100
 ERROR_TYPES = 100

@@ -29,9 +29,9 @@ from openai.types.chat import ChatCompletionChunk
 from prometheus_client import CollectorRegistry
 
 from bench._harness import bare, line, paired
-from ragobs.runtime import setup
-from ragobs.stream import observe_stream
-from ragobs.telemetry import Telemetry
+from ragobs._runtime import setup
+from ragobs._stream import observe_stream
+from ragobs._telemetry import Telemetry
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ import gc
 import random
 
 from bench._harness import production_like
-from ragobs.summary import StreamingMetrics
+from ragobs._summary import StreamingMetrics
 
 
 def run_sessions(metrics: StreamingMetrics, n: int, rng: random.Random) -> None:

@@ -25,9 +25,9 @@ import openai
 from prometheus_client import CollectorRegistry
 
 from bench._harness import line, paired
-from ragobs.runtime import setup
-from ragobs.stream import observe_stream
-from ragobs.telemetry import Telemetry
+from ragobs._runtime import setup
+from ragobs._stream import observe_stream
+from ragobs._telemetry import Telemetry
 
 SIZES = (100, 1_000, 3_000)
 ROUNDS = 7

@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry
 
 from bench._harness import bare, line, paired, production_like, source
 from ragobs import semconv
-from ragobs.runtime import setup
-from ragobs.stream import observe_stream
-from ragobs.telemetry import Telemetry
+from ragobs._runtime import setup
+from ragobs._stream import observe_stream
+from ragobs._telemetry import Telemetry
 
 TOKENS = 200_000
 REQUESTS = 3_000

@@ -4,11 +4,16 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ragobs._clients import instrument_client
+from ragobs._events import Event, add_hook, remove_hook
+from ragobs._stages import stage
+from ragobs._stream import StreamObservation, instrument_stream, observe, observe_stream
+from ragobs._summary import Session, SessionError, StreamingMetrics
+from ragobs._summary_stats import Summary, SummaryStats
+from ragobs._telemetry import Telemetry, get_telemetry, set_telemetry
 from ragobs._version import __version__
 from ragobs.chunks import register_chunk_reader
 from ragobs.clock import Clock, ManualClock, MonotonicClock
 from ragobs.errors import RagobsError, RateLimiterUnavailable, RateLimitTimeout, StreamTimeout
-from ragobs.events import Event, add_hook, remove_hook
 from ragobs.resilience import (
     RateLimiter,
     RedisRateLimiter,
@@ -22,19 +27,14 @@ from ragobs.resilience import (
     with_timeout,
 )
 from ragobs.semconv import Outcome
-from ragobs.stages import stage
-from ragobs.stream import StreamObservation, instrument_stream, observe, observe_stream
-from ragobs.summary import Session, SessionError, StreamingMetrics
-from ragobs.summary_stats import Summary, SummaryStats
-from ragobs.telemetry import Telemetry, get_telemetry, set_telemetry
 
 if TYPE_CHECKING:  # loaded on first use: see __getattr__
-    from ragobs.runtime import Runtime, setup
+    from ragobs._runtime import Runtime, setup
 
 # What only setup() needs (the OpenTelemetry SDK, the Prometheus exporter, the
 # aiohttp sidecar) loads on first use, so that a library that only instruments
 # (`from ragobs import retry, observe_stream`) pays for the OpenTelemetry API alone.
-_LAZY = {"Runtime": "ragobs.runtime", "setup": "ragobs.runtime"}
+_LAZY = {"Runtime": "ragobs._runtime", "setup": "ragobs._runtime"}
 
 
 def __getattr__(name: str) -> object:

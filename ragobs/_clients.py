@@ -29,15 +29,15 @@ from typing import Any, Final, TypeVar
 from opentelemetry import context as otel_context
 
 from ragobs._sources import aclose_source, close_source
-from ragobs.resilience._retry import in_retry
-from ragobs.stream import (
+from ragobs._stream import (
     StreamObservation,
     _check_telemetry_arg,
     _observation,
     _observe_async,
     _observe_sync,
 )
-from ragobs.telemetry import Telemetry
+from ragobs._telemetry import Telemetry
+from ragobs.resilience._retry import in_retry
 
 __all__ = ["instrument_client"]
 

@@ -38,7 +38,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 if TYPE_CHECKING:
-    from ragobs.telemetry import CounterTable
+    from ragobs._telemetry import CounterTable
 
 logger = logging.getLogger("ragobs")
 

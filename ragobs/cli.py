@@ -14,10 +14,10 @@ import threading
 import time
 from collections.abc import Sequence
 
+from ragobs._runtime import setup
 from ragobs.demo.agent import DemoConfig, import_openai
 from ragobs.demo.runner import PROVIDERS, RunOptions, run_demo
 from ragobs.demo.stack import Protection
-from ragobs.runtime import setup
 
 
 def _positive_float(text: str) -> float:
@@ -162,7 +162,7 @@ async def _demo(args: argparse.Namespace) -> None:
 async def _host(args: argparse.Namespace) -> None:
     _stop_on_sigterm()
     try:
-        from ragobs.host import (
+        from ragobs._host import (
             HostCollector,
             HostHistorySource,
             HostMetrics,
@@ -174,9 +174,9 @@ async def _host(args: argparse.Namespace) -> None:
                           "pip install 'ragobs[otlp]'") from None
     from prometheus_client import CollectorRegistry
 
-    from ragobs.history import History
-    from ragobs.server.app import create_app
-    from ragobs.server.sidecar import Sidecar
+    from ragobs._history import History
+    from ragobs._server.app import create_app
+    from ragobs._server.sidecar import Sidecar
 
     merged = HostMetrics()
     registry = CollectorRegistry()

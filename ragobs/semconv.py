@@ -255,7 +255,7 @@ TOKEN_USAGE = InstrumentSpec(
     TOKEN_USAGE_BUCKETS, "gen_ai_client_token_usage",
 )
 OUTPUT_TOKEN_RATE = InstrumentSpec(
-    "ragobs.stream.output_tokens", Kind.HISTOGRAM, "{token}/s",
+    "ragobs._stream.output_tokens", Kind.HISTOGRAM, "{token}/s",
     "Output tokens per second of one stream, over the time from its first to its last chunk.",
     TOKEN_RATE_BUCKETS, "ragobs_stream_output_tokens_per_second",
 )

@@ -28,8 +28,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from ragobs._telemetry import Telemetry
 from ragobs.clock import ManualClock
-from ragobs.telemetry import Telemetry
 
 __all__ = ["ManualClock", "Recording", "recording_telemetry"]
 

@@ -12,7 +12,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ragobs.telemetry import Telemetry
+from ragobs._telemetry import Telemetry
 from ragobs.testing import recording_telemetry
 from tests.provider_server import provider_server, threaded_provider_server
 

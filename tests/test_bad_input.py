@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 
 import ragobs
 from ragobs import ManualClock, RateLimiter, StreamingMetrics, Telemetry
-from ragobs.runtime import Runtime
-from ragobs.stream import instrument_stream, observe, observe_stream
+from ragobs._runtime import Runtime
+from ragobs._stream import instrument_stream, observe, observe_stream
 from tests.conftest import OTelHarness
 
 

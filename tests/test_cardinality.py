@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragobs import semconv
-from ragobs.exposition import render
-from ragobs.labels import DEFAULT_MAX_SERIES
-from ragobs.runtime import setup
-from ragobs.stream import observe_stream
+from ragobs._exposition import render
+from ragobs._labels import DEFAULT_MAX_SERIES
+from ragobs._runtime import setup
+from ragobs._stream import observe_stream
 
 MODELS = 100
 ERROR_TYPES = 100

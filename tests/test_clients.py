@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 import ragobs
 from ragobs import semconv
+from ragobs._stream import instrument_stream, observe, observe_stream
 from ragobs.clock import ManualClock
 from ragobs.errors import StreamTimeout
-from ragobs.stream import instrument_stream, observe, observe_stream
 from tests.conftest import OTelHarness
 from tests.provider_server import (
     ANTHROPIC_MODEL,

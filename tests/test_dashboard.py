@@ -26,12 +26,12 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
+from ragobs._runtime import Runtime, setup
 from ragobs.demo.agent import DemoConfig
 from ragobs.demo.runner import RunOptions, run_demo
 from ragobs.demo.stack import MODEL, OPERATION, Protection
 from ragobs.errors import RateLimitTimeout
 from ragobs.resilience import RateLimiter, RedisRateLimiter
-from ragobs.runtime import Runtime, setup
 from tests.promserver import PrometheusServer, finite
 from tests.support import free_port, require_binary
 

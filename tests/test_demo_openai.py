@@ -15,13 +15,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
+from ragobs._runtime import setup
 from ragobs.cli import main
 from ragobs.demo.agent import OPENAI_MODEL, DemoConfig
 from ragobs.demo.openai_wire import RESPONSE_MODEL, OpenAIWireServer, count_tokens
 from ragobs.demo.runner import RunOptions, run_demo
 from ragobs.demo.stack import Protection
 from ragobs.resilience._report import resilience_counts
-from ragobs.runtime import setup
 
 RAGOBS = [sys.executable, "-m", "ragobs.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -7,11 +7,11 @@ import io
 from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
+from ragobs._runtime import setup
 from ragobs.demo.agent import DemoConfig
 from ragobs.demo.runner import RunOptions, run_demo
 from ragobs.demo.stack import Protection
 from ragobs.resilience._report import resilience_counts
-from ragobs.runtime import setup
 
 
 async def test_stack_shows_waits_retries_timeouts_and_fallbacks() -> None:

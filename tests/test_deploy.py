@@ -29,11 +29,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
+from ragobs._runtime import setup
 from ragobs.cli import build_parser
 from ragobs.demo.agent import DemoConfig
 from ragobs.demo.runner import RunOptions, run_demo
 from ragobs.demo.stack import MODEL, OPERATION, Protection
-from ragobs.runtime import setup
 from tests.promserver import PrometheusServer, finite
 from tests.support import free_port, require_binary
 
@@ -483,7 +483,7 @@ def test_exemplars_link_to_a_provisioned_trace_datasource() -> None:
     uids = {ds["uid"]: ds for ds in datasources}
     (prometheus,) = [ds for ds in datasources if ds["type"] == "prometheus"]
     links = prometheus["jsonData"]["exemplarTraceIdDestinations"]
-    # ragobs labels its exemplars trace_id (see ragobs/exposition.py).
+    # ragobs labels its exemplars trace_id (see ragobs/_exposition.py).
     assert [link["name"] for link in links] == ["trace_id"]
     for link in links:
         assert uids[link["datasourceUid"]]["type"] == "jaeger"
@@ -599,7 +599,7 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> No
     for source in copied:
         assert (ROOT / source).exists(), source
         assert not dockerignore_excludes(source), source
-    assert not dockerignore_excludes("ragobs/server/app.py")
+    assert not dockerignore_excludes("ragobs/_server/app.py")
     for left_out in ("tests/test_deploy.py", ".git/HEAD", "bench/run.py", "dashboards/ragobs.json",
                      "ragobs/__pycache__/cli.cpython-311.pyc", "docker-compose.yml"):
         assert dockerignore_excludes(left_out), left_out

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ragobs.events import Event, add_hook, remove_hook
+from ragobs._events import Event, add_hook, remove_hook
 from ragobs.resilience._fallback import DEFAULT_FALLBACK_MESSAGE, fallback, fallback_stream
 
 MESSAGE = "I encountered an error. Please try rephrasing your question."

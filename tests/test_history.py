@@ -1,4 +1,4 @@
-"""The sidecar's history (ragobs.history): exact interval figures on a manual clock."""
+"""The sidecar's history (ragobs._history): exact interval figures on a manual clock."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
+from ragobs._history import ExplicitBuckets, History, InProcessSource, RawSample
+from ragobs._report import Reporter, as_json
+from ragobs._server.app import create_app
+from ragobs._sketch import QuantileSketch
+from ragobs._stages import stage
+from ragobs._stream import observe_stream
+from ragobs._summary_stats import MAX_STAGES, SketchBuckets, SummaryStats
+from ragobs._telemetry import Telemetry
 from ragobs.clock import ManualClock
-from ragobs.history import ExplicitBuckets, History, InProcessSource, RawSample
-from ragobs.report import Reporter, as_json
 from ragobs.semconv import OTHER, Outcome
-from ragobs.server.app import create_app
-from ragobs.sketch import QuantileSketch
-from ragobs.stages import stage
-from ragobs.stream import observe_stream
-from ragobs.summary_stats import MAX_STAGES, SketchBuckets, SummaryStats
-from ragobs.telemetry import Telemetry
 from tests.conftest import OTelHarness
 
 T0 = 1_700_000_000.0

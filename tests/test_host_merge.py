@@ -45,10 +45,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from ragobs import semconv
-from ragobs.clock import ManualClock
-from ragobs.exposition import render
-from ragobs.history import History, InProcessSource
-from ragobs.host import (
+from ragobs._exposition import render
+from ragobs._history import History, InProcessSource
+from ragobs._host import (
     HistogramValue,
     HostCollector,
     HostLimits,
@@ -59,12 +58,13 @@ from ragobs.host import (
     host_resilience,
     host_summary,
 )
-from ragobs.host.history import HostHistorySource
-from ragobs.report import as_json
-from ragobs.runtime import Runtime, setup
-from ragobs.stages import stage
-from ragobs.stream import observe_stream
-from ragobs.telemetry import Telemetry
+from ragobs._host.history import HostHistorySource
+from ragobs._report import as_json
+from ragobs._runtime import Runtime, setup
+from ragobs._stages import stage
+from ragobs._stream import observe_stream
+from ragobs._telemetry import Telemetry
+from ragobs.clock import ManualClock
 from tests.support import free_port
 
 DELTA = AggregationTemporality.DELTA

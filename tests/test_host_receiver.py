@@ -43,11 +43,11 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
-from ragobs.exposition import render
-from ragobs.host import HostCollector, HostMetrics, ReceiverLimits, add_otlp_routes
-from ragobs.host.receiver import inflate_gzip
-from ragobs.stream import observe_stream
-from ragobs.telemetry import Telemetry
+from ragobs._exposition import render
+from ragobs._host import HostCollector, HostMetrics, ReceiverLimits, add_otlp_routes
+from ragobs._host.receiver import inflate_gzip
+from ragobs._stream import observe_stream
+from ragobs._telemetry import Telemetry
 from tests.support import free_port
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}

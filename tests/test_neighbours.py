@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import ragobs
-from ragobs.exposition import render
-from ragobs.runtime import Runtime
+from ragobs._exposition import render
+from ragobs._runtime import Runtime
 from tests.provider_server import ProviderServer, Reply
 from tests.support import require_binary
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 import ragobs
 from ragobs._push import BufferedExporter
-from ragobs.runtime import Runtime
+from ragobs._runtime import Runtime
 from tests.support import free_port
 
 

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from ragobs import semconv
+from ragobs._events import Event, add_hook, remove_hook
 from ragobs.clock import ManualClock
 from ragobs.errors import RateLimitTimeout
-from ragobs.events import Event, add_hook, remove_hook
 from ragobs.resilience import RateLimiter
 from tests.conftest import OTelHarness
 

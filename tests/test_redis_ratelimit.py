@@ -23,8 +23,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from ragobs import semconv
+from ragobs._events import Event, add_hook, remove_hook
 from ragobs.errors import RateLimiterUnavailable, RateLimitTimeout
-from ragobs.events import Event, add_hook, remove_hook
 from ragobs.resilience._redis_ratelimit import RedisRateLimiter
 from tests.conftest import OTelHarness
 from tests.redisserver import RedisServer, redis_server, redis_url  # noqa: F401 (fixtures)

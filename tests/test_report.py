@@ -15,9 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
-from ragobs._version import __version__
-from ragobs.demo.runner import dashboard
-from ragobs.report import (
+from ragobs._report import (
     JSON_ONLY,
     Report,
     Reporter,
@@ -27,14 +25,16 @@ from ragobs.report import (
     format_dashboard,
     format_text,
 )
+from ragobs._runtime import setup
+from ragobs._server.app import create_app
+from ragobs._summary import StreamingMetrics
+from ragobs._summary import format_dashboard as summary_format_dashboard
+from ragobs._summary_stats import Percentiles, Summary, SummaryStats
+from ragobs._telemetry import Telemetry
+from ragobs._version import __version__
+from ragobs.demo.runner import dashboard
 from ragobs.resilience._report import resilience_counts
-from ragobs.runtime import setup
 from ragobs.semconv import Outcome
-from ragobs.server.app import create_app
-from ragobs.summary import StreamingMetrics
-from ragobs.summary import format_dashboard as summary_format_dashboard
-from ragobs.summary_stats import Percentiles, Summary, SummaryStats
-from ragobs.telemetry import Telemetry
 from tests.conftest import OTelHarness
 
 RULE = "=" * 50

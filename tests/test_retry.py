@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ragobs._classify import retry_after as _retry_after
+from ragobs._events import Event, add_hook, remove_hook
 from ragobs.clock import ManualClock
 from ragobs.errors import StreamTimeout
-from ragobs.events import Event, add_hook, remove_hook
 from ragobs.resilience._retry import RetryBudget, is_retryable, retry, retry_stream
 from ragobs.resilience._timeout import stream_timeout
 

@@ -14,11 +14,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from ragobs.exposition import render
-from ragobs.runtime import Runtime, setup
-from ragobs.server import resolve_address
-from ragobs.stages import stage
-from ragobs.stream import observe_stream
+from ragobs._exposition import render
+from ragobs._runtime import Runtime, setup
+from ragobs._server import resolve_address
+from ragobs._stages import stage
+from ragobs._stream import observe_stream
 from tests.support import free_port, require_binary
 
 

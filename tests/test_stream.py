@@ -17,15 +17,15 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import StatusCode
 
 from ragobs import semconv
-from ragobs.stages import stage
-from ragobs.stream import (
+from ragobs._stages import stage
+from ragobs._stream import (
     CONTENT_LIMIT,
     error_type,
     instrument_stream,
     observe,
     observe_stream,
 )
-from ragobs.telemetry import ExemplarTable, Telemetry
+from ragobs._telemetry import ExemplarTable, Telemetry
 from tests.conftest import OTelHarness
 
 DURATION = semconv.OPERATION_DURATION.name
@@ -326,7 +326,7 @@ async def test_stage_spans_before_the_first_token_are_children(otel: OTelHarness
 
 
 async def test_label_values_are_capped(otel: OTelHarness) -> None:
-    from ragobs.telemetry import Telemetry
+    from ragobs._telemetry import Telemetry
 
     tel = Telemetry(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider,
                     max_label_values=3)

@@ -11,10 +11,10 @@ import random
 import pytest
 
 from ragobs import semconv
+from ragobs._sketch import QuantileSketch
+from ragobs._summary import StreamingMetrics
+from ragobs._summary_stats import SummaryStats
 from ragobs.semconv import Outcome
-from ragobs.sketch import QuantileSketch
-from ragobs.summary import StreamingMetrics
-from ragobs.summary_stats import SummaryStats
 from tests.conftest import OTelHarness
 
 

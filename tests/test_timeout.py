@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from ragobs._events import Event, add_hook, remove_hook
 from ragobs.clock import Cancellable, ManualClock
 from ragobs.errors import RagobsError, StreamTimeout
-from ragobs.events import Event, add_hook, remove_hook
 from ragobs.resilience._timeout import stream_timeout, timeout, with_timeout
 
 

@@ -29,18 +29,18 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
+from ragobs._history import History, InProcessSource
+from ragobs._report import Reporter
+from ragobs._runtime import Runtime, setup
+from ragobs._server.app import create_app
+from ragobs._server.sidecar import Sidecar
+from ragobs._stages import stage
+from ragobs._stream import observe_stream
+from ragobs._summary import format_dashboard
+from ragobs._summary_stats import SummaryStats
+from ragobs._telemetry import Telemetry
 from ragobs.clock import ManualClock
-from ragobs.history import History, InProcessSource
-from ragobs.report import Reporter
-from ragobs.runtime import Runtime, setup
 from ragobs.semconv import Outcome
-from ragobs.server.app import create_app
-from ragobs.server.sidecar import Sidecar
-from ragobs.stages import stage
-from ragobs.stream import observe_stream
-from ragobs.summary import format_dashboard
-from ragobs.summary_stats import SummaryStats
-from ragobs.telemetry import Telemetry
 from tests.support import free_port, require_binary
 
 DASH = "—"
@@ -71,7 +71,7 @@ RESILIENCE_FIELDS: dict[str, str] = {
         "timeouts_total", "fallbacks")
 }
 UPTIME = re.compile(r"\d+d \d\dh|\d+h \d\dm|\d+m \d\ds|\d+s")
-STATIC = Path(__file__).parent.parent / "ragobs" / "server" / "static"
+STATIC = Path(__file__).parent.parent / "ragobs" / "_server" / "static"
 
 # Each chart on the panel and its series: (label, key in an api/history point, sub-key).
 _OUTCOMES = ("ok", "error", "timeout", "cancelled")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Final
 
-from ragobs.stages import stage
-from ragobs.telemetry import Telemetry
+from ragobs._stages import stage
+from ragobs._telemetry import Telemetry
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, AsyncStream

@@ -11,6 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final, TextIO
 
+from ragobs._report import build_report, format_text
+from ragobs._runtime import Runtime
+from ragobs._telemetry import Telemetry
 from ragobs.demo.agent import (
     QUESTIONS,
     DemoConfig,
@@ -20,9 +23,6 @@ from ragobs.demo.agent import (
 )
 from ragobs.demo.openai_wire import OpenAIWireServer
 from ragobs.demo.stack import Agent, ProtectedAgent, Protection
-from ragobs.report import build_report, format_text
-from ragobs.runtime import Runtime
-from ragobs.telemetry import Telemetry
 
 #: Where the answers come from: ``simulated`` streams str tokens in-process;
 #: ``openai`` streams the same simulated provider through the real openai

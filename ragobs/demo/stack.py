@@ -21,10 +21,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ragobs._stream import observe_stream
+from ragobs._telemetry import Telemetry
 from ragobs.demo.agent import SimulatedRAGAgent
 from ragobs.resilience import RateLimiter, fallback_stream, retry_stream, stream_timeout
-from ragobs.stream import observe_stream
-from ragobs.telemetry import Telemetry
 
 OPERATION = "chat"
 #: The labels of the default (simulated) agent.

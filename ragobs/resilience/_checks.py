@@ -10,8 +10,8 @@ import math
 from collections.abc import Callable
 from typing import cast
 
+from ragobs._telemetry import Telemetry
 from ragobs.clock import SYSTEM_CLOCK, Clock
-from ragobs.telemetry import Telemetry
 
 
 def _number(arg: str, value: object, rule: str) -> float:

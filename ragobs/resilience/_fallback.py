@@ -33,8 +33,9 @@ from typing import Any, Final, TypeVar, cast, overload
 
 from ragobs import semconv
 from ragobs._classify import error_type
+from ragobs._events import emit, logger
 from ragobs._sources import aclose_source, aopen, close_source, is_deferred, open_sync
-from ragobs.events import emit, logger
+from ragobs._telemetry import Telemetry, get_telemetry
 from ragobs.resilience._checks import (
     _check_name,
     _check_telemetry,
@@ -43,7 +44,6 @@ from ragobs.resilience._checks import (
     _exception_filter,
 )
 from ragobs.resilience._retry import ExceptionFilter
-from ragobs.telemetry import Telemetry, get_telemetry
 
 __all__ = ["DEFAULT_FALLBACK_MESSAGE", "fallback", "fallback_stream"]
 

@@ -36,11 +36,11 @@ from typing import Any, Final, Generic, Self, TypeVar, cast
 from opentelemetry.util.types import AttributeValue
 
 from ragobs import semconv
+from ragobs._events import emit
+from ragobs._telemetry import Telemetry, get_telemetry
 from ragobs.clock import Cancellable, Clock
 from ragobs.errors import RateLimiterUnavailable, RateLimitTimeout
-from ragobs.events import emit
 from ragobs.resilience._checks import _describe, _in_range
-from ragobs.telemetry import Telemetry, get_telemetry
 
 F = TypeVar("F", bound=Callable[..., Any])
 #: What a limiter records for a grant (what it gives back if the waiter leaves).

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Final, Literal
 
+from ragobs._telemetry import Telemetry
 from ragobs.clock import Cancellable, Clock, MonotonicClock
 from ragobs.resilience._checks import (
     _check_clock,
@@ -66,7 +67,6 @@ from ragobs.resilience._limiter import (
     checked_cost,
     prune_departed,
 )
-from ragobs.telemetry import Telemetry
 
 __all__ = ["RateLimiter", "Strategy"]
 # The shared base moved to _limiter, and stays importable from here.

@@ -75,6 +75,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Final, Literal
 
+from ragobs._telemetry import Telemetry
 from ragobs.clock import Clock
 from ragobs.errors import RateLimiterUnavailable
 from ragobs.resilience._checks import (
@@ -97,7 +98,6 @@ from ragobs.resilience._limiter import (
     check_limits,
     checked_cost,
 )
-from ragobs.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

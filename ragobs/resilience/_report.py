@@ -2,14 +2,14 @@
 ``resilience_counts``).
 
 The counts themselves, how they are read and how they are shown live in
-:mod:`ragobs.report` (:class:`~ragobs.report.ResilienceCounts`): one report
+:mod:`ragobs._report` (:class:`~ragobs._report.ResilienceCounts`): one report
 for the terminal, ``/api/summary`` and the panel.
 """
 
 from __future__ import annotations
 
-from ragobs.report import read_resilience
-from ragobs.telemetry import Telemetry
+from ragobs._report import read_resilience
+from ragobs._telemetry import Telemetry
 
 
 def resilience_counts(telemetry: Telemetry) -> dict[str, int]:

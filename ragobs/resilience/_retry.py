@@ -21,7 +21,7 @@ the extra load retries may add across calls.
 When it gives up, ``retry`` re-raises the last attempt's own exception,
 with a note (PEP 678) saying why; there is no wrapper exception.
 
-Every retry is reported through :func:`ragobs.events.emit` (``retry``, and
+Every retry is reported through :func:`ragobs._events.emit` (``retry``, and
 ``retry.exhausted`` when giving up after a retryable failure) and counted in
 ``ragobs.retry.attempts``, ``ragobs.retry.delay`` and
 ``ragobs.retry.exhausted``.
@@ -54,10 +54,11 @@ from opentelemetry.util.types import AttributeValue
 
 from ragobs import semconv
 from ragobs._classify import error_type, is_retryable, retry_after
+from ragobs._events import emit
 from ragobs._sources import aclose_source, aopen, close_source, open_sync
+from ragobs._telemetry import Telemetry, get_telemetry
 from ragobs.chunks import carries_output
 from ragobs.clock import Clock
-from ragobs.events import emit
 from ragobs.resilience._checks import (
     _check_clock,
     _check_name,
@@ -71,7 +72,6 @@ from ragobs.resilience._checks import (
     _positive,
 )
 from ragobs.semconv import RetryGiveUp as GiveUp
-from ragobs.telemetry import Telemetry, get_telemetry
 
 __all__ = ["RetryBudget", "is_retryable", "retry", "retry_stream"]
 

@@ -16,7 +16,7 @@ at most one timer and moves it lazily (when it fires early because the
 deadline moved on, or when an earlier deadline is needed), so a steady
 stream costs a few attribute writes per chunk, not a timer handle each.
 
-Each timeout is reported through :func:`ragobs.events.emit` (``timeout``
+Each timeout is reported through :func:`ragobs._events.emit` (``timeout``
 event with ``ragobs.timeout.kind``) and counted in ``ragobs.timeouts`` by
 kind.
 """
@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast, overload
 
 from ragobs import semconv
+from ragobs._events import emit
 from ragobs._sources import aclose_source, aopen, is_deferred
+from ragobs._telemetry import Telemetry, get_telemetry
 from ragobs.chunks import carries_output
 from ragobs.clock import Cancellable, Clock
 from ragobs.errors import StreamTimeout, TimeoutKind
-from ragobs.events import emit
 from ragobs.resilience._checks import (
     _check_clock,
     _check_name,
@@ -46,7 +47,6 @@ from ragobs.resilience._checks import (
     _optional_positive,
     _positive,
 )
-from ragobs.telemetry import Telemetry, get_telemetry
 
 __all__ = ["stream_timeout", "timeout", "with_timeout"]
 

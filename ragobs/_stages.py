@@ -30,8 +30,8 @@ from opentelemetry.trace import Status, StatusCode
 
 from ragobs import semconv
 from ragobs._classify import classify, error_type
+from ragobs._telemetry import Telemetry, get_telemetry
 from ragobs.semconv import Outcome
-from ragobs.telemetry import Telemetry, get_telemetry
 
 P = ParamSpec("P")
 R = TypeVar("R")

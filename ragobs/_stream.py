@@ -48,10 +48,10 @@ from opentelemetry.util.types import AttributeValue
 from ragobs import semconv
 from ragobs._classify import classify, error_type
 from ragobs._sources import aclose_source, aopen, close_source, open_sync
+from ragobs._summary_stats import SummaryStats
+from ragobs._telemetry import ExemplarSeries, Telemetry, get_telemetry
 from ragobs.chunks import ChunkReader, read_openai_chat, reader_for, readers
 from ragobs.semconv import Outcome
-from ragobs.summary_stats import SummaryStats
-from ragobs.telemetry import ExemplarSeries, Telemetry, get_telemetry
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -75,7 +75,7 @@ _FOLD_ORDER: Final = (semconv.ERROR_TYPE, semconv.REQUEST_MODEL, semconv.PROVIDE
 
 def _admitted(telemetry: Telemetry, attrs: dict[str, str]) -> dict[str, str]:
     """``attrs``, folded to ``_OTHER`` value by value until the combination is
-    within the telemetry's series bound (see :class:`~ragobs.labels.SeriesGuard`)."""
+    within the telemetry's series bound (see :class:`~ragobs._labels.SeriesGuard`)."""
     guard = telemetry.series
     if guard.admit(tuple(sorted(attrs.items()))):
         return attrs

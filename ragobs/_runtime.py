@@ -38,13 +38,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from ragobs import semconv
+from ragobs._exposition import PrometheusReader
+from ragobs._labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES
 from ragobs._push import DEFAULT_PUSH_INTERVAL, SIDECAR_URL_ENV, DropCounter, push_reader
-from ragobs.exposition import PrometheusReader
-from ragobs.labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES
-from ragobs.report import Reporter
-from ragobs.server.app import create_app
-from ragobs.server.sidecar import Sidecar, resolve_address
-from ragobs.telemetry import ExemplarTable, Telemetry, set_telemetry
+from ragobs._report import Reporter
+from ragobs._server.app import create_app
+from ragobs._server.sidecar import Sidecar, resolve_address
+from ragobs._telemetry import ExemplarTable, Telemetry, set_telemetry
 
 logger = logging.getLogger("ragobs")
 
@@ -242,7 +242,7 @@ def setup(
         service_name: ``service.name``; else ``OTEL_SERVICE_NAME``, else "ragobs".
         serve: start the sidecar in a background thread (for an async agent,
             pass ``serve=False`` and ``await runtime.start_server()`` instead).
-        host, port: sidecar address (see :func:`~ragobs.server.resolve_address`).
+        host, port: sidecar address (see :func:`~ragobs._server.resolve_address`).
         registry: prometheus_client registry (default: the global ``REGISTRY``,
             so the process's own metrics are served too).
         set_global: install the providers and the :class:`Telemetry` as

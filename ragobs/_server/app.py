@@ -6,9 +6,9 @@ Routes:
     ``GET /healthz``      liveness: 200 while the process serves.
     ``GET /readyz``       readiness: 200 once the app serves (cheap: no collection).
     ``GET /api/summary``  the terminal dashboard's figures plus percentiles
-                          (:func:`ragobs.report.as_json` of one report).
+                          (:func:`ragobs._report.as_json` of one report).
     ``GET /api/history``  the last 15 minutes, one point per 10 s, and the
-                          breakdowns by model and stage (:mod:`ragobs.history`);
+                          breakdowns by model and stage (:mod:`ragobs._history`);
                           carries an ETag (``If-None-Match``: 304 until the next point).
     ``GET /``             a live panel of the same figures and charts of the
                           history (no Grafana needed): one self-contained page,
@@ -28,10 +28,10 @@ from importlib import resources
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ragobs.exposition import render
-from ragobs.history import History, InProcessSource
-from ragobs.report import Reporter, ReportSource, as_json
-from ragobs.summary_stats import SummaryStats
+from ragobs._exposition import render
+from ragobs._history import History, InProcessSource
+from ragobs._report import Reporter, ReportSource, as_json
+from ragobs._summary_stats import SummaryStats
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 REPORTER_KEY = web.AppKey("reporter", ReportSource)
@@ -97,7 +97,7 @@ async def api_history(request: web.Request) -> web.Response:
 @functools.cache
 def _page() -> str | None:
     """The panel with its vendored files inlined; read once."""
-    static = resources.files("ragobs.server")
+    static = resources.files("ragobs._server")
     try:
         html = static.joinpath("static/index.html").read_text(encoding="utf-8")
         for placeholder, path in INLINED.items():
@@ -140,7 +140,7 @@ def create_app(registry: CollectorRegistry, reporter: ReportSource | SummaryStat
     counted from now; ``service`` goes with a bare ``SummaryStats`` only.
 
     ``history`` serves ``/api/history``; by default one of ``reporter``'s
-    summary and telemetry (:class:`~ragobs.history.InProcessSource`), a point
+    summary and telemetry (:class:`~ragobs._history.InProcessSource`), a point
     every 10 s. Its sampler runs while the app serves.
     """
     if isinstance(reporter, SummaryStats):
@@ -154,7 +154,7 @@ def create_app(registry: CollectorRegistry, reporter: ReportSource | SummaryStat
     if history is None:
         if not isinstance(reporter, Reporter):
             raise TypeError("history must be given with a reporter of another kind "
-                            "than ragobs.report.Reporter")
+                            "than ragobs._report.Reporter")
         history = History(InProcessSource(reporter.stats, reporter.telemetry))
     elif not isinstance(history, History):
         raise TypeError(f"history must be a History or None, got {history!r}")

@@ -5,7 +5,7 @@ one thing the stock reader drops: exemplars. Each histogram bucket carries the
 trace id of a recent measurement that fell in it, visible when the scraper
 asks for OpenMetrics. Exemplars come from the SDK's reservoirs and, for the
 stream latency and TTFT histograms of a :func:`ragobs.setup` runtime, from
-ragobs' own :class:`~ragobs.telemetry.ExemplarTable` (cheaper per record).
+ragobs' own :class:`~ragobs._telemetry.ExemplarTable` (cheaper per record).
 If a future exporter release changes the internals this relies on, the
 reader still works, without exemplars.
 """
@@ -25,7 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.samples import Exemplar as PromExemplar
 
-from ragobs.telemetry import SCOPE_NAME, ExemplarTable, SampledExemplar
+from ragobs._telemetry import SCOPE_NAME, ExemplarTable, SampledExemplar
 
 logger = logging.getLogger("ragobs")
 

@@ -13,8 +13,8 @@ Code written against the seed runs unchanged::
 Each finished session also feeds the OpenTelemetry / Prometheus instruments
 and the process-wide summary, exactly like an instrumented stream.
 
-The dashboard is :func:`ragobs.report.format_text` of this object's report
-(``format_dashboard`` is re-exported from :mod:`ragobs.report`).
+The dashboard is :func:`ragobs._report.format_text` of this object's report
+(``format_dashboard`` is re-exported from :mod:`ragobs._report`).
 
 Memory: aggregates (counts, sums, percentile sketches) are exact over every
 session and take constant memory; ``sessions`` keeps only the most recent
@@ -29,12 +29,12 @@ import weakref
 from collections import deque
 from typing import Any, Final, SupportsIndex, TextIO, overload
 
-from ragobs.report import Reporter, format_dashboard, format_text
-from ragobs.stream import StreamObservation, _check_names, _observation
-from ragobs.summary_stats import Summary, SummaryStats
-from ragobs.telemetry import Telemetry
+from ragobs._report import Reporter, format_dashboard, format_text
+from ragobs._stream import StreamObservation, _check_names, _observation
+from ragobs._summary_stats import Summary, SummaryStats
+from ragobs._telemetry import Telemetry
 
-__all__ = [  # format_dashboard: re-exported from ragobs.report, where it moved
+__all__ = [  # format_dashboard: re-exported from ragobs._report, where it moved
     "DEFAULT_KEEP_SESSIONS",
     "MAX_KEEP_SESSIONS",
     "RecentSessions",

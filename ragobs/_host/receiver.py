@@ -1,4 +1,4 @@
-"""An OTLP/HTTP metrics receiver feeding a :class:`~ragobs.host.merge.HostMetrics`.
+"""An OTLP/HTTP metrics receiver feeding a :class:`~ragobs._host.merge.HostMetrics`.
 
 ``POST /v1/metrics`` takes an ``ExportMetricsServiceRequest``, binary
 protobuf (``application/x-protobuf``) or OTLP's JSON encoding
@@ -22,7 +22,7 @@ server keeps serving:
 
 On success the answer is 200 with an ``ExportMetricsServiceResponse`` in the
 request's encoding, its ``partial_success`` filled when points were dropped
-(over a bound, mismatched buckets...: see :mod:`ragobs.host.merge`).
+(over a bound, mismatched buckets...: see :mod:`ragobs._host.merge`).
 
 Traces and logs are not this sidecar's job: ``POST /v1/traces`` and
 ``/v1/logs`` answer 404 with a message saying so (and are counted as
@@ -51,7 +51,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from ragobs.host.merge import HostMetrics, IngestResult
+from ragobs._host.merge import HostMetrics, IngestResult
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -64,7 +64,7 @@ __all__ = [
     "inflate_gzip",
 ]
 
-logger = logging.getLogger("ragobs.host")
+logger = logging.getLogger("ragobs._host")
 
 METRICS_PATH: Final = "/v1/metrics"
 DEFAULT_MAX_BODY: Final = 4 * 1024 * 1024

@@ -4,19 +4,19 @@ One process per host (``ragobs sidecar``) receives what every worker
 process pushes over OTLP/HTTP on loopback, merges it into host-wide series,
 and serves them like a single process's ``/metrics`` and ``/api/summary``:
 
-* :mod:`ragobs.host.merge`: :class:`HostMetrics`, the thread-safe merge
+* :mod:`ragobs._host.merge`: :class:`HostMetrics`, the thread-safe merge
   (delta and cumulative temporality, stale producers, memory bounds);
-* :mod:`ragobs.host.receiver`: :func:`add_otlp_routes`, ``POST /v1/metrics``;
-* :mod:`ragobs.host.exposition`: :class:`HostCollector`, the Prometheus view;
-* :mod:`ragobs.host.report`: :func:`host_summary` and :class:`HostReporter`,
+* :mod:`ragobs._host.receiver`: :func:`add_otlp_routes`, ``POST /v1/metrics``;
+* :mod:`ragobs._host.exposition`: :class:`HostCollector`, the Prometheus view;
+* :mod:`ragobs._host.report`: :func:`host_summary` and :class:`HostReporter`,
   the ``/api/summary`` figures;
-* :mod:`ragobs.host.history`: :class:`HostHistorySource`, the samples of
+* :mod:`ragobs._host.history`: :class:`HostHistorySource`, the samples of
   ``/api/history`` (the live panel's charts).
 """
 
-from ragobs.host.exposition import HostCollector, metrics_data
-from ragobs.host.history import HostHistorySource
-from ragobs.host.merge import (
+from ragobs._host.exposition import HostCollector, metrics_data
+from ragobs._host.history import HostHistorySource
+from ragobs._host.merge import (
     DEFAULT_STALE_AFTER,
     DropReason,
     HistogramValue,
@@ -28,14 +28,14 @@ from ragobs.host.merge import (
     MetricSnapshot,
     SeriesSnapshot,
 )
-from ragobs.host.receiver import (
+from ragobs._host.receiver import (
     HOST_METRICS_KEY,
     METRICS_PATH,
     OtlpReceiver,
     ReceiverLimits,
     add_otlp_routes,
 )
-from ragobs.host.report import (
+from ragobs._host.report import (
     HostFigures,
     HostReporter,
     histogram_quantile,

@@ -1,11 +1,11 @@
 """The dashboards' figures for the whole host, from the merged metrics.
 
-:func:`host_summary` computes the same :class:`~ragobs.summary_stats.Summary`
+:func:`host_summary` computes the same :class:`~ragobs._summary_stats.Summary`
 a single process's ``/api/summary`` shows, from the series a
-:class:`~ragobs.host.merge.HostMetrics` merged, so the same renderers
-(:func:`ragobs.report.as_json`, :func:`ragobs.report.format_text`, the live
+:class:`~ragobs._host.merge.HostMetrics` merged, so the same renderers
+(:func:`ragobs._report.as_json`, :func:`ragobs._report.format_text`, the live
 panel) work for the host. :class:`HostReporter` builds whole
-:class:`~ragobs.report.Report` objects (resilience counts included).
+:class:`~ragobs._report.Report` objects (resilience counts included).
 
 Where each figure comes from, for a ragobs producer (one that pushes
 ``ragobs.requests``):
@@ -14,7 +14,7 @@ Where each figure comes from, for a ragobs producer (one that pushes
 * averages: histogram sum / count over ``ragobs.outcome="ok"`` series of
   ``gen_ai.client.operation.duration``, ``..time_to_first_chunk``,
   ``gen_ai.client.token.usage`` (``gen_ai.token.type="output"``) and
-  ``ragobs.stream.output_tokens`` (exact: a histogram's sum and count are);
+  ``ragobs._stream.output_tokens`` (exact: a histogram's sum and count are);
 * percentiles: estimated from the merged buckets of the "ok" series (see
   :func:`histogram_quantile`), so they are as fine as the buckets, where a
   single process's sketch is within 1 %;
@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from ragobs import semconv
-from ragobs.host.merge import HistogramValue, HostMetrics, HostSnapshot, SeriesSnapshot
-from ragobs.report import Report, ResilienceCounts
+from ragobs._host.merge import HistogramValue, HostMetrics, HostSnapshot, SeriesSnapshot
+from ragobs._report import Report, ResilienceCounts
+from ragobs._summary_stats import QUANTILES, Percentiles, Summary
 from ragobs.semconv import Outcome
-from ragobs.summary_stats import QUANTILES, Percentiles, Summary
 
 __all__ = [
     "HostFigures",
@@ -231,7 +231,7 @@ def host_figures(source: HostMetrics | HostSnapshot, *, declared_bounds: bool = 
 
 
 def host_summary(source: HostMetrics | HostSnapshot) -> Summary:
-    """The host's :class:`~ragobs.summary_stats.Summary` (see the module docstring)."""
+    """The host's :class:`~ragobs._summary_stats.Summary` (see the module docstring)."""
     figures = host_figures(source)
     counts = figures.requests
     successful = counts[Outcome.OK.value]
@@ -288,7 +288,7 @@ def host_resilience(source: HostMetrics | HostSnapshot) -> ResilienceCounts | No
 class HostReporter:
     """Reports of the whole host, for ``/api/summary`` and the live panel.
 
-    Has :meth:`report` like :class:`ragobs.report.Reporter`.
+    Has :meth:`report` like :class:`ragobs._report.Reporter`.
 
     Args:
         host: the merged metrics.

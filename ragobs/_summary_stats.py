@@ -2,11 +2,11 @@
 
 This is what the terminal dashboard (:meth:`StreamingMetrics.display_summary`),
 ``GET /api/summary`` and the Grafana summary row all show: a :class:`Summary`
-is the core of every :class:`~ragobs.report.Report`, which renders it. Averages are over
+is the core of every :class:`~ragobs._report.Report`, which renders it. Averages are over
 *successful* requests, as in the seed's dashboard; counts cover every outcome.
 
 :meth:`SummaryStats.totals` gives the raw cumulative totals behind it (sketch
-buckets included, as :class:`SketchBuckets`), which :mod:`ragobs.history`
+buckets included, as :class:`SketchBuckets`), which :mod:`ragobs._history`
 samples and subtracts to chart the last minutes; the same object keeps a
 count and a sum per RAG stage (:meth:`SummaryStats.record_stage`).
 """
@@ -17,9 +17,9 @@ import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from ragobs.labels import DEFAULT_MAX_VALUES
+from ragobs._labels import DEFAULT_MAX_VALUES
+from ragobs._sketch import QuantileSketch
 from ragobs.semconv import OTHER, Outcome
-from ragobs.sketch import QuantileSketch
 
 QUANTILES = (0.5, 0.95, 0.99)
 #: Distinct stage names :meth:`SummaryStats.record_stage` keeps apart (as the
@@ -64,7 +64,7 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class SketchBuckets:
-    """The buckets of a :class:`~ragobs.sketch.QuantileSketch` at one moment.
+    """The buckets of a :class:`~ragobs._sketch.QuantileSketch` at one moment.
 
     Cumulative, like the sketch: ``later.minus(earlier)`` holds exactly the
     values added between the two copies, and :meth:`quantile` answers as a

@@ -1,6 +1,6 @@
 """The sidecar: ``/metrics``, health endpoints, ``/api/summary`` and a live page."""
 
-from ragobs.server.app import create_app
-from ragobs.server.sidecar import Sidecar, resolve_address
+from ragobs._server.app import create_app
+from ragobs._server.sidecar import Sidecar, resolve_address
 
 __all__ = ["Sidecar", "create_app", "resolve_address"]

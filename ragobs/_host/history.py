@@ -1,19 +1,19 @@
-"""The live panel's charts for the whole host: a :mod:`ragobs.history` source.
+"""The live panel's charts for the whole host: a :mod:`ragobs._history` source.
 
-:class:`HostHistorySource` gives :class:`ragobs.history.History` its samples
-from a :class:`~ragobs.host.merge.HostMetrics`: the same cumulative totals a
-single process's :class:`~ragobs.history.InProcessSource` gives, computed as
-:func:`~ragobs.host.report.host_figures` does, with the TTFT and latency
-distributions as :class:`~ragobs.history.ExplicitBuckets` on ragobs's
+:class:`HostHistorySource` gives :class:`ragobs._history.History` its samples
+from a :class:`~ragobs._host.merge.HostMetrics`: the same cumulative totals a
+single process's :class:`~ragobs._history.InProcessSource` gives, computed as
+:func:`~ragobs._host.report.host_figures` does, with the TTFT and latency
+distributions as :class:`~ragobs._history.ExplicitBuckets` on ragobs's
 declared buckets (so two samples always subtract).
 """
 
 from __future__ import annotations
 
 from ragobs import semconv
-from ragobs.history import ExplicitBuckets, RawSample
-from ragobs.host.merge import HistogramValue, HostMetrics
-from ragobs.host.report import host_figures
+from ragobs._history import ExplicitBuckets, RawSample
+from ragobs._host.merge import HistogramValue, HostMetrics
+from ragobs._host.report import host_figures
 
 __all__ = ["HostHistorySource"]
 
@@ -25,7 +25,7 @@ def _buckets(merged: HistogramValue | None, bounds: tuple[float, ...]) -> Explic
 
 
 class HostHistorySource:
-    """Samples of the whole host for :class:`ragobs.history.History`."""
+    """Samples of the whole host for :class:`ragobs._history.History`."""
 
     __slots__ = ("host",)
 

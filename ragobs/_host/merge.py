@@ -1,7 +1,7 @@
 """Host-wide totals of the metrics several processes push by OTLP.
 
 :class:`HostMetrics` is fed decoded OTLP ``ExportMetricsServiceRequest``
-messages (see :mod:`ragobs.host.receiver`) and keeps one merged series per
+messages (see :mod:`ragobs._host.receiver`) and keeps one merged series per
 (scope, metric name, ``service.name``, point attributes). A worker's identity
 (``service.instance.id``, ``process.pid``...) never becomes a label: the
 host's totals are the point.
@@ -70,7 +70,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from ragobs.clock import SYSTEM_CLOCK, Clock
 
-logger = logging.getLogger("ragobs.host")
+logger = logging.getLogger("ragobs._host")
 
 __all__ = [
     "DEFAULT_STALE_AFTER",

@@ -18,13 +18,13 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 
 from ragobs import semconv
+from ragobs._labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES, LabelGuard, SeriesGuard
+from ragobs._summary_stats import SummaryStats
 from ragobs._version import __version__
-from ragobs.labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES, LabelGuard, SeriesGuard
 from ragobs.semconv import InstrumentSpec, Kind
-from ragobs.summary_stats import SummaryStats
 
-if TYPE_CHECKING:  # owned by ragobs.stream, which imports this module
-    from ragobs.stream import _LabelSet
+if TYPE_CHECKING:  # owned by ragobs._stream, which imports this module
+    from ragobs._stream import _LabelSet
 
 Attributes = Mapping[str, str]
 _AttrKey = tuple[tuple[str, str], ...]
@@ -53,7 +53,7 @@ class CounterTable:
     Adding is a locked dict update (sub-microsecond), so per-request counters
     cost far less than a synchronous SDK ``Counter.add``; the SDK reads the
     table only when metrics are collected. Memory is bounded by the number of
-    attribute sets, which :class:`~ragobs.labels.LabelGuard` bounds, plus one
+    attribute sets, which :class:`~ragobs._labels.LabelGuard` bounds, plus one
     :class:`Tally` per live owner.
     """
 
@@ -153,7 +153,7 @@ class ExemplarSeries:
 class ExemplarTable:
     """Exemplars ragobs keeps itself, per histogram series, for OpenMetrics.
 
-    :func:`ragobs.setup` gives one to its :class:`~ragobs.exposition.PrometheusReader`
+    :func:`ragobs.setup` gives one to its :class:`~ragobs._exposition.PrometheusReader`
     and to its :class:`Telemetry` when Prometheus is the only reader of the
     meter provider it builds: the per-stream latency and TTFT histograms then
     record without the SDK's exemplar reservoir, and the reader attaches these
@@ -194,7 +194,7 @@ class Telemetry:
         tracer_provider: defaults to the global one.
         meter_provider: defaults to the global one.
         summary: the running summary fed by every finished request; a new
-            :class:`~ragobs.summary_stats.SummaryStats` by default.
+            :class:`~ragobs._summary_stats.SummaryStats` by default.
         max_label_values: distinct values allowed per attribute before the
             rest are reported as ``_OTHER``.
         max_series: distinct label combinations (operation, provider, model,

@@ -1,7 +1,7 @@
 """One report, built in one place, rendered for the terminal and for ``/api/summary``.
 
 A :class:`Report` is one snapshot of everything the dashboards show: the
-summary figures (:class:`~ragobs.summary_stats.Summary`), what the resilience
+summary figures (:class:`~ragobs._summary_stats.Summary`), what the resilience
 wrappers did (:class:`ResilienceCounts`, when the source has them) and, for the
 sidecar, service name, version and uptime. :class:`Reporter` is the one place
 reports are built; two renderers show them:
@@ -12,7 +12,7 @@ reports are built; two renderers show them:
 
 Both read the same :class:`Report`, so a terminal line and a JSON value
 printed from one report always agree. Adding a figure: a field here (or in
-:class:`~ragobs.summary_stats.Summary`, with what computes it), its line in
+:class:`~ragobs._summary_stats.Summary`, with what computes it), its line in
 :func:`format_text` (or its path in :data:`JSON_ONLY`); :func:`as_json` picks
 every field up by itself. ``tests/test_report.py`` fails for a field one of
 the renderers ignores.
@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Final, Protocol
 
 from ragobs import semconv
+from ragobs._summary_stats import Summary, SummaryStats
+from ragobs._telemetry import Telemetry
 from ragobs._version import __version__
-from ragobs.summary_stats import Summary, SummaryStats
-from ragobs.telemetry import Telemetry
 
 __all__ = [
     "JSON_ONLY",

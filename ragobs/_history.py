@@ -10,7 +10,7 @@ point of the charts, a difference:
 * requests/s by outcome and output tokens/s of the requests that finished
   in the interval (counts over the interval's length);
 * TTFT and latency p50 / p95 / p99 *of those requests only*: the two samples'
-  distributions are subtracted (a :class:`~ragobs.sketch.QuantileSketch`'s
+  distributions are subtracted (a :class:`~ragobs._sketch.QuantileSketch`'s
   buckets are cumulative, as are a histogram's), ``null`` when none finished;
 * the mean per-stream tokens/s of those requests (``null`` when none);
 * in flight, as sampled.
@@ -19,12 +19,12 @@ Memory is bounded: a ring of ``points`` points (90: 15 minutes at 10 s) and,
 for the breakdowns by model and by stage over that window, the ring's
 per-model and per-stage counts, whose rows the label caps already bound
 (``gen_ai.request.model`` and ``ragobs.stage`` take at most
-:data:`~ragobs.labels.DEFAULT_MAX_VALUES` values each, then ``_OTHER``).
+:data:`~ragobs._labels.DEFAULT_MAX_VALUES` values each, then ``_OTHER``).
 
 Where samples come from is a small protocol, :class:`HistorySource`.
 :class:`InProcessSource` reads this process's
-:class:`~ragobs.summary_stats.SummaryStats` and
-:class:`~ragobs.telemetry.Telemetry`; a host sidecar merging several workers'
+:class:`~ragobs._summary_stats.SummaryStats` and
+:class:`~ragobs._telemetry.Telemetry`; a host sidecar merging several workers'
 OTLP metrics provides :class:`RawSample` s of its own, its distributions as
 :class:`ExplicitBuckets` (histogram bucket counts and bounds). The JSON
 (:meth:`History.as_json`, ``GET /api/history``) is the same whatever the source.
@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, Self
 
 from ragobs import semconv
+from ragobs._summary_stats import QUANTILES, SummaryStats
+from ragobs._telemetry import Telemetry
 from ragobs.clock import SYSTEM_CLOCK, Clock
 from ragobs.semconv import Outcome
-from ragobs.summary_stats import QUANTILES, SummaryStats
-from ragobs.telemetry import Telemetry
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -68,7 +68,7 @@ DEFAULT_INTERVAL: Final = 10.0
 DEFAULT_POINTS: Final = 90  # 15 minutes at 10 s
 OUTCOMES: Final = tuple(o.value for o in Outcome)
 
-log = logging.getLogger("ragobs.history")
+log = logging.getLogger("ragobs._history")
 
 
 # --- what a source provides ------------------------------------------------------

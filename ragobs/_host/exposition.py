@@ -1,9 +1,9 @@
-"""Prometheus exposition of a :class:`~ragobs.host.merge.HostMetrics`.
+"""Prometheus exposition of a :class:`~ragobs._host.merge.HostMetrics`.
 
 :class:`HostCollector` turns the merged series into the OpenTelemetry SDK's
 own data classes (``MetricsData``, CUMULATIVE temporality, ``service.name``
 on every point) and has them translated by the very collector the in-process
-``/metrics`` uses (:class:`ragobs.exposition.PrometheusReader`'s: one family
+``/metrics`` uses (:class:`ragobs._exposition.PrometheusReader`'s: one family
 per name, ``otel_scope_name`` on series of scopes other than ragobs's, units
 and ``_total`` appended by opentelemetry-exporter-prometheus). The host's
 ``/metrics`` therefore has the same names, types, units, labels and HELP as a
@@ -38,8 +38,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.metrics_core import Metric as PrometheusMetric
 
 from ragobs import semconv
-from ragobs.exposition import PrometheusReader
-from ragobs.host.merge import (
+from ragobs._exposition import PrometheusReader
+from ragobs._host.merge import (
     HistogramValue,
     HostMetrics,
     HostSnapshot,
@@ -152,7 +152,7 @@ class HostCollector:
 
     Register it on a ``CollectorRegistry`` (a dedicated one: the host's
     series have the names of the workers' own) and serve that registry with
-    :func:`ragobs.exposition.render`.
+    :func:`ragobs._exposition.render`.
 
     Args:
         host: the merged metrics.
