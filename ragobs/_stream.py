@@ -266,7 +266,7 @@ class StreamObservation:
 
     def tokens(self, n: int = 1) -> None:
         """Count ``n`` output tokens (marks the first token if not yet)."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        if n.__class__ is not int or n < 0:  # one check: bool's class is not int
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         if self._t_first is None and n:
             self.first_token()

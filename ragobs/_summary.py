@@ -58,7 +58,9 @@ class Session(dict[str, Any]):
     """
 
     __slots__ = ("__weakref__", "_finalizer", "_obs")
-    _obs: StreamObservation
+    #: The request's recorder while it runs; dropped once finished, so a kept
+    #: session holds its figures only, not its ended span.
+    _obs: StreamObservation | None
     _finalizer: weakref.finalize[[StreamObservation], Session]
 
 
@@ -137,7 +139,8 @@ class StreamingMetrics:
         obs = _obs_of(session)
         if session["first_token_time"] is None:
             session["first_token_time"] = time.perf_counter()
-            obs.first_token(at=session["first_token_time"])
+            if obs is not None:
+                obs.first_token(at=session["first_token_time"])
 
     def finish_session(self, session: Session) -> None:
         """Record the session (once) from its ``token_count`` and ``error``.
@@ -147,8 +150,14 @@ class StreamingMetrics:
         what was wrong: it never stays in flight.
         """
         obs = _obs_of(session)
+        if obs is None:  # finished already: recorded once, but still say what is wrong
+            tokens = session["token_count"]
+            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+                raise ValueError(f"session['token_count'] must be an int >= 0, got {tokens!r}")
+            return
         end = time.perf_counter()
         session._finalizer.detach()
+        session._obs = None
         first_time = not obs.finished
         tokens = session["token_count"]
         invalid: ValueError | None = None
@@ -191,8 +200,8 @@ class StreamingMetrics:
         print(self.format_summary(), file=file or sys.stdout)
 
 
-def _obs_of(session: object) -> StreamObservation:
-    obs = getattr(session, "_obs", None)
-    if not isinstance(obs, StreamObservation):
+def _obs_of(session: object) -> StreamObservation | None:
+    """The session's recorder; ``None`` once it was finished."""
+    if not isinstance(session, Session) or not hasattr(session, "_obs"):
         raise TypeError("session must come from StreamingMetrics.start_session()")
-    return obs
+    return session._obs

@@ -179,3 +179,17 @@ def test_sketch_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match=r"q must be in the range \[0, 1\]"):
         QuantileSketch().quantile(1.5)
     assert QuantileSketch().quantile(0.5) is None
+
+
+def test_a_kept_session_does_not_keep_its_ended_span(otel: OTelHarness) -> None:
+    metrics = StreamingMetrics(telemetry=otel.telemetry)
+    session = metrics.start_session()
+    metrics.record_first_token(session)
+    session["token_count"] = 3
+    metrics.finish_session(session)
+    # The session keeps its figures; its recorder (and with it the span) is let go.
+    assert session._obs is None
+    assert set(session) == {"start_time", "first_token_time", "token_count", "error",
+                            "end_time", "latency", "ttft"}
+    metrics.finish_session(session)  # still once
+    assert otel.value("ragobs.requests") == 1
