@@ -582,3 +582,32 @@ def test_instrument_client_rejects_what_it_does_not_know() -> None:
     assert ragobs.instrument_client(client) is client
     create = client.chat.completions.create
     assert ragobs.instrument_client(client).chat.completions.create is create  # idempotent
+
+
+@pytest.mark.parametrize("form", ["instrumented", "deferred", "langchain"])
+async def test_closing_anthropic_and_langchain_streams_closes_the_response(
+        provider_server: ProviderServer, otel: OTelHarness, form: str) -> None:
+    provider_server.script(Reply(pieces=tuple(f"t{i} " for i in range(200)), chunk_delay=0.01))
+    tel = otel.telemetry
+    if form == "instrumented":
+        client = ragobs.instrument_client(anthropic_client(provider_server), telemetry=tel)
+        wrapper: Any = await client.messages.create(**anthropic_args())
+    elif form == "deferred":
+        wrapper = observe_stream(anthropic_client(provider_server).messages.create(
+            **anthropic_args()), telemetry=tel)
+    else:
+        from langchain_openai import ChatOpenAI
+
+        llm = ChatOpenAI(model="gpt-4o-mini", base_url=provider_server.openai_url,
+                         api_key="test")  # type: ignore[arg-type]
+        wrapper = observe_stream(llm.astream("hi"), telemetry=tel)
+    seen = 0
+    async for chunk in wrapper:
+        seen += 1
+        if seen == 6:
+            break
+    t_close = time.perf_counter()
+    await wrapper.aclose()
+    request = provider_server.requests[0]
+    assert await provider_server.wait_disconnect(request) - t_close < 0.1
+    assert otel.value(REQUESTS, ragobs__outcome="cancelled") == 1
