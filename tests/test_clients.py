@@ -602,7 +602,7 @@ async def test_closing_anthropic_and_langchain_streams_closes_the_response(
                          api_key="test")  # type: ignore[arg-type]
         wrapper = observe_stream(llm.astream("hi"), telemetry=tel)
     seen = 0
-    async for chunk in wrapper:
+    async for _chunk in wrapper:
         seen += 1
         if seen == 6:
             break
