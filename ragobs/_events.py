@@ -1,9 +1,9 @@
-"""Event plumbing: every protective action is reported four ways.
+"""Event plumbing: how a protective action is reported.
 
 A resilience wrapper builds one frozen :class:`Event` and calls :func:`emit`,
-which adds it as an event on the current span, logs it on the
-``ragobs`` logger and hands it to each registered hook. Metrics are recorded
-by the wrapper itself, on the instruments of :mod:`ragobs.semconv`.
+which adds it as an event on the current span, logs it on the ``ragobs``
+logger and hands it to each registered hook. The wrapper records its metrics
+itself, on the instruments of :mod:`ragobs.semconv`.
 
 Hooks are plain callables in the spirit of stamina's instrumentation hooks;
 a hook that raises is logged and skipped, never allowed to break a request.

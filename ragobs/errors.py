@@ -72,7 +72,7 @@ class StreamTimeout(RagobsError, TimeoutError):
 
 
 class RateLimitTimeout(RagobsError, TimeoutError):
-    """``acquire(timeout=...)`` waited its whole timeout without getting capacity.
+    """``acquire(max_wait=...)`` waited its whole ``max_wait`` without getting capacity.
 
     Nothing was taken from the limiter. Attributes: ``name`` (the limiter's)
     and ``timeout`` (seconds).
