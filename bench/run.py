@@ -2,6 +2,8 @@
 
     python -m bench.run            # everything (the memory run takes a few minutes)
     python -m bench.run --quick    # 10^5 sessions for the memory run
+    python -m bench.run --workers  # also bench_workers: 3 gunicorn workers x 200 streams,
+                                   # a warm-up and three 30 s runs (about 2.5 minutes)
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import time
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter memory run")
+    parser.add_argument("--workers", action="store_true",
+                        help="also run bench_workers (real gunicorn workers and the host "
+                             "sidecar under load; about 2.5 minutes)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
     figures: dict[str, dict[str, float]] = {}
@@ -29,6 +34,13 @@ def main() -> None:
     from bench import bench_memory
 
     figures["bench_memory"] = bench_memory.main(100_000 if args.quick else 1_000_000)
+    if args.workers:
+        print("== bench_workers")
+        from bench import bench_workers
+
+        t0 = time.perf_counter()
+        figures["bench_workers"] = bench_workers.main()
+        print(f"   ({time.perf_counter() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(figures, out, indent=2)
