@@ -34,7 +34,7 @@ async def _answer(n: int) -> AsyncIterator[bytes]:
 
 
 async def ask(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse()
+    response = web.StreamResponse(headers={"X-Worker-Pid": str(os.getpid())})
     await response.prepare(request)
     async for data in _answer(int(request.query.get("tokens", "5"))):
         await response.write(data)
@@ -75,7 +75,8 @@ async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
     query = dict(part.split("=", 1) for part in scope["query_string"].decode().split("&")
                  if "=" in part)
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"x-worker-pid", str(os.getpid()).encode())]})
     async for data in _answer(int(query.get("tokens", "5"))):
         await send({"type": "http.response.body", "body": data, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
