@@ -49,7 +49,7 @@ from ragobs import semconv
 from ragobs._classify import classify, error_type
 from ragobs._sources import aclose_source, aopen, close_source, open_sync
 from ragobs._summary_stats import SummaryStats
-from ragobs._telemetry import ExemplarSeries, Telemetry, get_telemetry
+from ragobs._telemetry import BoundHistogram, ExemplarSeries, Telemetry, get_telemetry
 from ragobs.chunks import ChunkReader, read_openai_chat, reader_for, readers
 from ragobs.semconv import Outcome
 
@@ -94,8 +94,8 @@ class _Ending:
     """Everything :meth:`StreamObservation.finish` needs for one (labels, outcome,
     error.type), built once and reused by every stream that ends that way."""
 
-    __slots__ = ("attrs", "error_type", "exemplars", "input_attrs", "key", "outcome",
-                 "output_attrs")
+    __slots__ = ("attrs", "duration", "error_type", "exemplars", "input_attrs", "input_tokens",
+                 "key", "outcome", "output_attrs", "output_tokens", "per_chunk", "rate", "ttft")
 
     def __init__(self, telemetry: Telemetry, span_attributes: dict[str, str],
                  outcome: Outcome, etype: str | None) -> None:
@@ -110,10 +110,20 @@ class _Ending:
         self.key = tuple(sorted(attrs.items()))
         self.output_attrs = {**attrs, semconv.TOKEN_TYPE: semconv.TokenType.OUTPUT.value}
         self.input_attrs = {**attrs, semconv.TOKEN_TYPE: semconv.TokenType.INPUT.value}
+        # The series this ending records into, bound once (see BoundHistogram).
+        self.output_tokens = BoundHistogram(telemetry.token_usage, self.output_attrs)
+        self.input_tokens = BoundHistogram(telemetry.token_usage, self.input_attrs)
+        self.rate = BoundHistogram(telemetry.output_token_rate, attrs)
+        self.per_chunk = BoundHistogram(telemetry.time_per_output_chunk, attrs)
+        #: latency and TTFT, when no exemplar goes to the SDK (ragobs keeps them)
+        self.duration: BoundHistogram | None = None
+        self.ttft: BoundHistogram | None = None
         #: (latency, TTFT) series of ragobs' own exemplar table, if it keeps one
         self.exemplars: tuple[ExemplarSeries, ExemplarSeries] | None = None
         table = telemetry.exemplars
         if table is not None:
+            self.duration = BoundHistogram(telemetry.operation_duration, attrs)
+            self.ttft = BoundHistogram(telemetry.time_to_first_chunk, attrs)
             self.exemplars = (
                 table.series(semconv.OPERATION_DURATION.name, self.key,
                              semconv.DURATION_BUCKETS),
@@ -429,22 +439,27 @@ class StreamObservation:
         exemplars = ending.exemplars
         exemplar_ctx = self._ctx if exemplars is None else _NO_EXEMPLAR
 
-        tel.operation_duration.record(latency, attrs, context=exemplar_ctx)
+        if ending.duration is not None:
+            ending.duration.record(latency)
+        else:
+            tel.operation_duration.record(latency, attrs, context=exemplar_ctx)
         if record_tokens:
-            tel.token_usage.record(tokens, ending.output_attrs, context=_NO_EXEMPLAR)
+            ending.output_tokens.record(tokens)
         if input_tokens is not None:
-            tel.token_usage.record(input_tokens, ending.input_attrs, context=_NO_EXEMPLAR)
+            ending.input_tokens.record(input_tokens)
         if t_first is not None:
             ttft = t_first - self._t_start
-            tel.time_to_first_chunk.record(ttft, attrs, context=exemplar_ctx)
+            if ending.ttft is not None:
+                ending.ttft.record(ttft)
+            else:
+                tel.time_to_first_chunk.record(ttft, attrs, context=exemplar_ctx)
             window = t_end - t_first
             chunks = self._n_tokens
             if tokens >= 2 and window > 0 and record_tokens:
                 rate = tokens / window
-                tel.output_token_rate.record(rate, attrs, context=_NO_EXEMPLAR)
+                ending.rate.record(rate)
             if chunks >= 2 and window > 0:
-                tel.time_per_output_chunk.record(window / (chunks - 1), attrs,
-                                                 context=_NO_EXEMPLAR)
+                ending.per_chunk.record(window / (chunks - 1))
         if exemplars is not None:
             span_context = span.get_span_context()
             if span_context.trace_flags.sampled:  # as the SDK's trace-based filter

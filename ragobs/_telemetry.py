@@ -12,9 +12,11 @@ import threading
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
+from time import time_ns
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 
 from ragobs import semconv
@@ -25,6 +27,12 @@ from ragobs.semconv import InstrumentSpec, Kind
 
 if TYPE_CHECKING:  # owned by ragobs._stream, which imports this module
     from ragobs._stream import _LabelSet
+
+#: An empty context: records that offer no exemplar to the SDK's reservoir.
+_NO_CONTEXT = Context()
+#: The SDK's measurement class and series key, once a provider of the SDK is seen.
+_sdk_measurement: Any = None
+_sdk_series_key: Any = None
 
 Attributes = Mapping[str, str]
 _AttrKey = tuple[tuple[str, str], ...]
@@ -357,3 +365,79 @@ def set_telemetry(telemetry: Telemetry | None) -> None:
     global _default
     with _default_lock:
         _default = telemetry
+
+
+class BoundHistogram:
+    """One histogram series (instrument + attribute set), recorded cheaply.
+
+    The SDK's ``Histogram.record`` spends 10-13 µs per call copying, filtering
+    and hashing the attributes to find the series' aggregation, which is the
+    same object every time. For the per-stream histograms, whose attribute
+    sets are few and fixed, this finds those aggregations once and feeds them
+    directly (about 2 µs). It does so only where that is exactly what the SDK
+    would do: the SDK's own synchronous measurement path, cumulative readers
+    (their aggregations live as long as the provider), no view filtering the
+    attributes, and no exemplar to offer. Otherwise, and until the series
+    exists (its first record goes the SDK's way and creates it), and whenever
+    the provider's readers change, each record is a plain ``record()`` call.
+    The figures are the SDK's either way (a test compares them).
+    """
+
+    __slots__ = ("_attributes", "_consumer", "_histogram", "_storages", "_targets")
+
+    def __init__(self, histogram: Histogram, attributes: Mapping[str, Any]) -> None:
+        self._histogram = histogram
+        self._attributes = attributes
+        self._consumer = getattr(histogram, "_measurement_consumer", None)
+        self._storages: object = None
+        self._targets: tuple[Any, ...] = ()
+
+    def record(self, value: float) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            storages = getattr(consumer, "_reader_storages", None)
+            if storages is not self._storages or not self._targets:
+                self._targets = _aggregations(self._histogram, storages, self._attributes)
+                self._storages = storages
+            if self._targets:
+                measurement = _sdk_measurement(value, time_ns(), self._histogram, _NO_CONTEXT,
+                                               self._attributes)
+                for aggregation in self._targets:
+                    aggregation.aggregate(measurement, False)
+                return
+        self._histogram.record(value, self._attributes, context=_NO_CONTEXT)
+
+
+def _aggregations(histogram: Histogram, storages: Any,  # noqa: PLR0911
+                  attributes: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The aggregations of ``attributes``' series in every reader storage, or
+    () where the fast path would not do exactly what the SDK does."""
+    global _sdk_measurement, _sdk_series_key
+    if not storages:
+        return ()
+    if _sdk_measurement is None:
+        try:  # only here, where an SDK provider exists: importing ragobs stays light
+            from opentelemetry.sdk.metrics._internal._view_instrument_match import (
+                _hash_attributes,
+            )
+            from opentelemetry.sdk.metrics._internal.measurement import Measurement
+        except ImportError:  # pragma: no cover - SDK internals changed: plain records
+            return ()
+        _sdk_measurement, _sdk_series_key = Measurement, _hash_attributes
+    found = []
+    try:
+        key = _sdk_series_key(dict(attributes))
+        for storage in storages.values():
+            matches = storage._instrument_view_instrument_matches.get(histogram)
+            if not matches or len(matches) != 1:
+                return ()
+            match = matches[0]
+            if match._reset_on_collect or match._view._attribute_keys is not None:
+                return ()  # delta temporality, or a view that filters attributes
+            aggregation = match._attributes_aggregation.get(key)
+            if aggregation is None:
+                return ()  # not created yet: the SDK's path creates it
+            found.append(aggregation)
+    except (AttributeError, TypeError):  # pragma: no cover - SDK internals changed
+        return ()
+    return tuple(found)

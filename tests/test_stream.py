@@ -555,3 +555,26 @@ def test_rate_and_time_per_chunk_formulas_are_exact(otel: OTelHarness) -> None:
     assert otel.total(semconv.TIME_PER_OUTPUT_CHUNK.name) == 0.5
     summary = otel.telemetry.summary.snapshot()
     assert summary.avg_tokens_per_second == 2.5
+
+
+def test_bound_histograms_record_what_the_sdk_would(otel: OTelHarness) -> None:
+    """The per-stream histograms skip the SDK's per-call attribute hashing once
+    their series exists; the points must be exactly the SDK's, also after a
+    reader is added to the provider (its series are found again)."""
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    for i in range(5):
+        list(observe_stream(["a"] * (i + 2), model="m", telemetry=otel.telemetry))
+    (point,) = otel.points(USAGE)
+    assert (point.count, point.sum) == (5, 2 + 3 + 4 + 5 + 6)
+    late = InMemoryMetricReader()
+    otel.meter_provider.add_metric_reader(late)  # type: ignore[attr-defined]
+    for _ in range(3):
+        list(observe_stream(["a", "b"], model="m", telemetry=otel.telemetry))
+    (point,) = otel.points(USAGE)
+    assert (point.count, point.sum) == (8, 20 + 6)
+    data = late.get_metrics_data()
+    assert data is not None
+    late_points = [p for rm in data.resource_metrics for sm in rm.scope_metrics
+                   for m in sm.metrics if m.name == USAGE for p in m.data.data_points]
+    assert [(p.count, p.sum) for p in late_points] == [(3, 6)]
