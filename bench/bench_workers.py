@@ -4,7 +4,7 @@
 
 Starts, as real processes on loopback, the host sidecar (``python -m
 ragobs.cli sidecar``) and ``gunicorn -w 3 -k aiohttp.GunicornWebWorker``
-serving ``bench/workers_app.py`` (100 tokens an answer, 20 ms apart, through
+serving ``tests/deploy/app.py`` (100 tokens an answer, 20 ms apart, through
 ``ragobs.observe_stream``), then keeps ``--concurrency`` streaming requests
 going for ``--seconds``; each reads its answer chunk by chunk and records the
 gap between consecutive chunks as received. Three measured runs, interleaved:
@@ -199,7 +199,7 @@ class Sidecar:
 
 
 class Gunicorn:
-    """``gunicorn -w 3 -k aiohttp.GunicornWebWorker bench.workers_app:app`` on loopback."""
+    """``gunicorn -w 3 -k aiohttp.GunicornWebWorker tests.deploy.app:app`` on loopback."""
 
     def __init__(self, sidecar: Sidecar, push_interval: float, token_delay: float,
                  logdir: Path, tag: str) -> None:
@@ -212,7 +212,7 @@ class Gunicorn:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-w", str(WORKERS), "-b",
                  f"{HOST}:{self.port}", "-k", "aiohttp.GunicornWebWorker",
-                 "--graceful-timeout", "10", "bench.workers_app:app"],
+                 "--graceful-timeout", "10", "tests.deploy.app:app"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                 start_new_session=True)
         _wait(lambda: _get(f"{self.url}/pid"), 60, "gunicorn answers")

@@ -1,4 +1,5 @@
-"""The app the deployment tests serve with real gunicorn and uvicorn workers.
+"""The app the deployment tests (and ``bench/bench_workers.py``) serve with real
+gunicorn and uvicorn workers.
 
 ``GET /ask?tokens=N`` streams N tokens through ``ragobs.observe_stream``.
 ``app`` is the aiohttp application (gunicorn's aiohttp worker), ``asgi`` a
@@ -18,13 +19,16 @@ from aiohttp import web
 
 import ragobs
 
+#: Seconds between tokens, as a model's stream has (bench_workers sets 0.02).
+TOKEN_DELAY = float(os.environ.get("TOKEN_DELAY", "0"))
+
 runtime = ragobs.setup(service_name="deploy-test",
                        push_interval=float(os.environ.get("TEST_PUSH_INTERVAL", "0.5")))
 
 
 async def _tokens(n: int) -> AsyncIterator[str]:
     for i in range(n):
-        await asyncio.sleep(0)
+        await asyncio.sleep(TOKEN_DELAY)
         yield f"t{i} "
 
 
