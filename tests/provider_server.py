@@ -37,6 +37,7 @@ Use the fixtures from another test module by importing them::
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import random
@@ -590,8 +591,8 @@ class ProviderServer:
         })
 
 
-class _Api:
-    """One endpoint's answer to one request."""
+class _Api(abc.ABC):
+    """One endpoint's answer to one request; each API's subclass writes its events."""
 
     api: Api
     keepalive = _OPENAI_KEEPALIVE
@@ -620,13 +621,13 @@ class _Api:
         headers.update(reply.headers)
         await exchange.json_body(200, self.whole(), headers)
 
+    @abc.abstractmethod
     def events(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
         """Opening events, one event per content delta, closing events."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def whole(self) -> bytes:
         """The non-stream JSON body."""
-        raise NotImplementedError
 
 
 class _Chat(_Api):
