@@ -13,6 +13,7 @@ reader still works, without exemplars.
 from __future__ import annotations
 
 import logging
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
@@ -93,22 +94,13 @@ if _CustomCollector is not None:
         def __init__(self, exemplars: ExemplarTable | None, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self._exemplars = exemplars
+            # Two scrapes at once (an HA Prometheus pair, a curl beside it) must
+            # not share the queue of collections below.
+            self._scrape_lock = threading.Lock()
 
         def collect(self) -> Iterator[Metric]:
-            # Collections are cumulative: the newest one has everything. Older
-            # queued ones (a force_flush between two scrapes queues one more)
-            # would print every series twice.
-            callback = self._callback
-            if callback is not None:
-                callback()  # queue the newest collection
-            queued = getattr(self, "_metrics_datas", None)
-            while queued is not None and len(queued) > 1:
-                queued.popleft()
-            self._callback = None
-            try:
-                families = list(super().collect())
-            finally:
-                self._callback = callback
+            with self._scrape_lock:
+                families = self._families()
             merged: dict[str, Metric] = {}
             for family in families:
                 held = merged.get(family.name)
@@ -120,6 +112,22 @@ if _CustomCollector is not None:
                     else:
                         _warn_conflict(family.name, held.type, family.type)
             yield from merged.values()
+
+        def _families(self) -> list[Metric]:
+            # Collections are cumulative: the newest one has everything. Older
+            # queued ones (a force_flush between two scrapes queues one more)
+            # would print every series twice.
+            callback = self._callback
+            if callback is not None:
+                callback()  # queue the newest collection
+            queued = getattr(self, "_metrics_datas", None)
+            while queued is not None and len(queued) > 1:
+                queued.popleft()
+            self._callback = None
+            try:
+                return list(super().collect())
+            finally:
+                self._callback = callback
 
         def _translate_to_prometheus(self, metrics_data: Any,
                                      metric_family_id_metric_family: dict[str, Any]) -> None:

@@ -299,3 +299,17 @@ async def test_a_flush_between_scrapes_does_not_print_series_twice() -> None:
         assert sum(s.value for s in requests.samples if s.name.endswith("_total")) == 3
     finally:
         runtime.shutdown()
+
+
+async def test_concurrent_scrapes_each_get_every_series() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    runtime = setup(serve=False, set_global=False, registry=CollectorRegistry())
+    try:
+        await traffic(runtime, n_ok=3, n_err=1)
+        with ThreadPoolExecutor(8) as pool:
+            bodies = list(pool.map(lambda _: render(runtime.registry, None)[0], range(64)))
+        totals = {body.count(b"ragobs_requests_total{") for body in bodies}
+        assert len(totals) == 1 and totals.pop() > 0  # none empty, none partial
+    finally:
+        runtime.shutdown()
