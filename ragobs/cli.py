@@ -125,7 +125,9 @@ def _stop_on_sigterm() -> None:
         _received.append(signal.SIGTERM)
         task.cancel()
 
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+    # Windows event loops have no add_signal_handler (NotImplementedError); a loop
+    # in another thread refuses it (RuntimeError): SIGTERM then keeps its default.
+    with contextlib.suppress(NotImplementedError, RuntimeError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
 
 
