@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # owned by ragobs._stream, which imports this module
 
 #: An empty context: records that offer no exemplar to the SDK's reservoir.
 _NO_CONTEXT = Context()
-#: The SDK's measurement class and series key, once a provider of the SDK is seen.
-_sdk_measurement: Any = None
+#: The SDK's series key function, once a provider of the SDK is seen (False:
+#: the SDK's internals are not the ones the fast path knows).
 _sdk_series_key: Any = None
 
 Attributes = Mapping[str, str]
@@ -370,11 +370,11 @@ def set_telemetry(telemetry: Telemetry | None) -> None:
 class BoundHistogram:
     """One histogram series (instrument + attribute set), recorded cheaply.
 
-    The SDK's ``Histogram.record`` spends 10-13 µs per call copying, filtering
+    The SDK's ``Histogram.record`` spends 8-13 µs per call copying, filtering
     and hashing the attributes to find the series' aggregation, which is the
     same object every time. For the per-stream histograms, whose attribute
     sets are few and fixed, this finds those aggregations once and feeds them
-    directly (about 2 µs). It does so only where that is exactly what the SDK
+    directly (under 1 µs). It does so only where that is exactly what the SDK
     would do: the SDK's own synchronous measurement path, cumulative readers
     (their aggregations live as long as the provider), no view filtering the
     attributes, and no exemplar to offer. Otherwise, and until the series
@@ -400,30 +400,61 @@ class BoundHistogram:
                 self._targets = _aggregations(self._histogram, storages, self._attributes)
                 self._storages = storages
             if self._targets:
-                measurement = _sdk_measurement(value, time_ns(), self._histogram, _NO_CONTEXT,
-                                               self._attributes)
+                point = _Point(value, time_ns(), self._histogram)
                 for aggregation in self._targets:
-                    aggregation.aggregate(measurement, False)
+                    aggregation.aggregate(point, False)
                 return
         self._histogram.record(value, self._attributes, context=_NO_CONTEXT)
+
+
+class _Point:
+    """A measurement as an SDK aggregation reads it when it offers no exemplar.
+
+    The fields of the SDK's ``Measurement`` (an aggregation reads only
+    ``value`` then), without what its constructor does on every record:
+    a frozen dataclass's per-field ``object.__setattr__`` and a cleaning
+    of the attributes (2.7 µs against 0.2 µs here). The series is already
+    chosen, so the point needs no attributes.
+    """
+
+    __slots__ = ("attributes", "context", "instrument", "time_unix_nano", "value")
+
+    def __init__(self, value: float, time_unix_nano: int, instrument: Any) -> None:
+        self.value = value
+        self.time_unix_nano = time_unix_nano
+        self.instrument = instrument
+        self.context = _NO_CONTEXT
+        self.attributes = None
+
+
+def _sdk_internals() -> Any:
+    """The SDK's series key function if its measurement still has exactly the
+    fields :class:`_Point` mimics, else False (records then take the SDK's path)."""
+    try:  # only here, where an SDK provider exists: importing ragobs stays light
+        from dataclasses import fields
+
+        from opentelemetry.sdk.metrics._internal._view_instrument_match import (
+            _hash_attributes,
+        )
+        from opentelemetry.sdk.metrics._internal.measurement import Measurement
+    except ImportError:  # pragma: no cover - SDK internals changed: plain records
+        return False
+    if {field.name for field in fields(Measurement)} != set(_Point.__slots__):
+        return False  # pragma: no cover - SDK internals changed: plain records
+    return _hash_attributes
 
 
 def _aggregations(histogram: Histogram, storages: Any,  # noqa: PLR0911
                   attributes: Mapping[str, Any]) -> tuple[Any, ...]:
     """The aggregations of ``attributes``' series in every reader storage, or
     () where the fast path would not do exactly what the SDK does."""
-    global _sdk_measurement, _sdk_series_key
+    global _sdk_series_key
     if not storages:
         return ()
-    if _sdk_measurement is None:
-        try:  # only here, where an SDK provider exists: importing ragobs stays light
-            from opentelemetry.sdk.metrics._internal._view_instrument_match import (
-                _hash_attributes,
-            )
-            from opentelemetry.sdk.metrics._internal.measurement import Measurement
-        except ImportError:  # pragma: no cover - SDK internals changed: plain records
-            return ()
-        _sdk_measurement, _sdk_series_key = Measurement, _hash_attributes
+    if _sdk_series_key is None:
+        _sdk_series_key = _sdk_internals()
+    if _sdk_series_key is False:
+        return ()
     found = []
     try:
         key = _sdk_series_key(dict(attributes))

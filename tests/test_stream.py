@@ -566,7 +566,19 @@ def test_bound_histograms_record_what_the_sdk_would(otel: OTelHarness) -> None:
     for i in range(5):
         list(observe_stream(["a"] * (i + 2), model="m", telemetry=otel.telemetry))
     (point,) = otel.points(USAGE)
-    assert (point.count, point.sum) == (5, 2 + 3 + 4 + 5 + 6)
+    assert (point.count, point.sum, point.min, point.max) == (5, 2 + 3 + 4 + 5 + 6, 2, 6)
+    # The fast path was taken (the series' aggregation is bound) and gives
+    # the buckets the SDK's own record gives for the same values.
+    (label_set,) = otel.telemetry.label_sets.values()
+    ending = label_set.end(semconv.Outcome.OK, None)
+    assert ending.output_tokens._targets
+    twin = otel.meter_provider.get_meter("twin").create_histogram(
+        "twin", explicit_bucket_boundaries_advisory=list(semconv.TOKEN_USAGE.buckets or ()))
+    for value in range(2, 7):
+        twin.record(value, ending.output_attrs)
+    (twin_point,) = otel.points("twin")
+    assert list(point.bucket_counts) == list(twin_point.bucket_counts)
+    assert dict(point.attributes) == dict(twin_point.attributes)
     late = InMemoryMetricReader()
     otel.meter_provider.add_metric_reader(late)  # type: ignore[attr-defined]
     for _ in range(3):
