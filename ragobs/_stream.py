@@ -173,6 +173,8 @@ _LABEL_SETS_CACHED: Final = 1024
 #: Characters of answer text kept per stream when content capture is on.
 CONTENT_LIMIT: Final = 65_536
 _ENDINGS_CACHED: Final = 64
+#: What no argument of ``tokens()`` is: the value it checked last, at first.
+_UNCHECKED: Final = object()
 
 
 def _label_set(telemetry: Telemetry, operation: str, provider: str | None,
@@ -215,6 +217,7 @@ class StreamObservation:
         "_also",
         "_cache_creation",
         "_cache_read",
+        "_n_checked",
         "_content",
         "_ctx",
         "_finish_reasons",
@@ -245,6 +248,7 @@ class StreamObservation:
         self._t_start = 0.0
         self._t_first: float | None = None
         self._n_tokens = 0
+        self._n_checked: object = _UNCHECKED
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
         self._cache_read: int | None = None
@@ -276,10 +280,17 @@ class StreamObservation:
 
     def tokens(self, n: int = 1) -> None:
         """Count ``n`` output tokens (marks the first token if not yet)."""
+        if n is self._n_checked:  # the value checked last, after the first token
+            self._n_tokens += n
+            return
         if n.__class__ is not int or n < 0:  # one check: bool's class is not int
             raise ValueError(f"n must be an int >= 0, got {n!r}")
-        if self._t_first is None and n:
-            self.first_token()
+        if n:
+            if self._t_first is None:
+                self.first_token()
+            # Checked once: the same object again (small ints are cached, so
+            # every tokens(1) of a stream) takes the identity test above.
+            self._n_checked = n
         self._n_tokens += n
 
     def chunk(self, chunk: object) -> int:

@@ -295,6 +295,28 @@ async def test_hand_written_loop_form(otel: OTelHarness) -> None:
     assert otel.total(TTFT, ragobs__outcome="ok") >= 0.002
 
 
+def test_tokens_checks_every_new_value_after_the_fast_path(otel: OTelHarness) -> None:
+    """tokens() checks a value once, then takes an identity test for the same
+    object; whatever else comes is still checked, and the count stays exact."""
+    big = 10**6
+    with observe(model="m", telemetry=otel.telemetry) as obs:
+        obs.tokens(0)  # no first token yet, nothing remembered
+        for _ in range(1000):
+            obs.tokens(1)
+        for bad in (-1, True, 1.0, "1", None):
+            with pytest.raises(ValueError, match="n must be an int >= 0"):
+                obs.tokens(bad)  # type: ignore[arg-type]
+        obs.tokens(big)
+        obs.tokens(big)
+        obs.tokens(1)
+        with pytest.raises(ValueError, match="n must be an int >= 0"):
+            obs.tokens(-big)
+        assert obs.token_count == 1000 + 2 * big + 1
+    assert otel.total(USAGE, gen_ai__token__type="output") == 1000 + 2 * big + 1
+    (span,) = otel.spans()
+    assert [e.name for e in span.events] == [semconv.EVENT_FIRST_CHUNK]
+
+
 async def test_count_tokens_and_provider_usage(otel: OTelHarness) -> None:
     async def words() -> AsyncGenerator[str, None]:
         for text in ("hello big", "", "world"):
