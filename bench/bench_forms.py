@@ -122,30 +122,33 @@ def main() -> dict[str, float]:
     end_attrs = {"ragobs.outcome": "ok", "gen_ai.usage.output_tokens": 1,
                  "ragobs.usage.source": "counted", "gen_ai.response.time_to_first_chunk": 0.1}
 
-    async def floor_one(n: int) -> None:
-        """The floor of any exact instrumentation on this SDK: the span filled
-        as ragobs fills it (start attributes, first-chunk event, end
-        attributes) around a loop that counts, and no metric at all."""
-        span = tracer.start_span("chat m", kind=SpanKind.CLIENT, attributes=start_attrs)
-        span.add_event("gen_ai.first_chunk")
-        async for _ in _counting(source(n)):
-            pass
-        span.set_attributes(end_attrs)
-        span.end()
-
     class _Noop:
         def tokens(self, n: int = 1) -> None:
             pass
 
-    async def floor_by_hand_one(n: int) -> None:
-        """The same floor for the hand-written loop: an empty method call per chunk."""
+    async def floor(n: int, *, by_hand: bool) -> None:
+        """The floor of any exact instrumentation on this SDK: the span filled
+        as ragobs fills it (start attributes, first-chunk event, end
+        attributes) around a loop that counts the chunks (``by_hand``: calls
+        an empty method per chunk, as the hand-written form must), and no
+        metric at all."""
         span = tracer.start_span("chat m", kind=SpanKind.CLIENT, attributes=start_attrs)
         span.add_event("gen_ai.first_chunk")
-        obs = _Noop()
-        async for _ in bare(source(n)):
-            obs.tokens(1)
+        if by_hand:
+            obs = _Noop()
+            async for _ in bare(source(n)):
+                obs.tokens(1)
+        else:
+            async for _ in _counting(source(n)):
+                pass
         span.set_attributes(end_attrs)
         span.end()
+
+    async def floor_one(n: int) -> None:
+        await floor(n, by_hand=False)
+
+    async def floor_by_hand_one(n: int) -> None:
+        await floor(n, by_hand=True)
 
     no_exemplar = Context()
     hists = [tel.operation_duration, tel.time_to_first_chunk, tel.token_usage,
