@@ -317,6 +317,41 @@ def test_tokens_checks_every_new_value_after_the_fast_path(otel: OTelHarness) ->
     assert [e.name for e in span.events] == [semconv.EVENT_FIRST_CHUNK]
 
 
+def test_bound_histograms_under_a_view_with_another_aggregation() -> None:
+    """A view giving the token histogram exponential buckets: the bound series
+    still records exactly what the SDK's own record gives (scale, buckets,
+    sum, min, max)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+
+    reader = InMemoryMetricReader()
+    aggregation = ExponentialBucketHistogramAggregation()
+    provider = MeterProvider(metric_readers=[reader], views=[
+        View(instrument_name=USAGE, aggregation=aggregation),
+        View(instrument_name="twin", aggregation=aggregation)])
+    tel = Telemetry(tracer_provider=TracerProvider(), meter_provider=provider)
+    sizes = [1, 7, 30, 300, 2_000, 7]
+    for n in sizes:
+        list(observe_stream(["a"] * n, model="m", telemetry=tel))
+    (label_set,) = tel.label_sets.values()
+    ending = label_set.end(semconv.Outcome.OK, None)
+    assert ending.output_tokens._targets  # the fast path was taken
+    twin = provider.get_meter("twin").create_histogram("twin")
+    for n in sizes:
+        twin.record(n, ending.output_attrs)
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {m.name: m.data.data_points for rm in data.resource_metrics
+              for sm in rm.scope_metrics for m in sm.metrics}
+    (ours,), (sdk,) = points[USAGE], points["twin"]
+    assert (ours.count, ours.sum, ours.min, ours.max, ours.scale) == (
+        sdk.count, sdk.sum, sdk.min, sdk.max, sdk.scale)
+    assert (ours.positive.offset, list(ours.positive.bucket_counts)) == (
+        sdk.positive.offset, list(sdk.positive.bucket_counts))
+    provider.shutdown()
+
+
 async def test_count_tokens_and_provider_usage(otel: OTelHarness) -> None:
     async def words() -> AsyncGenerator[str, None]:
         for text in ("hello big", "", "world"):
