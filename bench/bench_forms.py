@@ -32,6 +32,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 from prometheus_client import CollectorRegistry
 
 from bench._harness import bare, source
@@ -132,8 +133,8 @@ def main() -> dict[str, float]:
             async for _ in bare(source(n)):
                 obs.tokens(1)
 
-    start_attrs = {**ATTRS, "gen_ai.request.stream": True}
-    end_attrs = {"ragobs.outcome": "ok", "gen_ai.usage.output_tokens": 1,
+    start_attrs: dict[str, AttributeValue] = {**ATTRS, "gen_ai.request.stream": True}
+    end_attrs: dict[str, AttributeValue] = {"ragobs.outcome": "ok", "gen_ai.usage.output_tokens": 1,
                  "ragobs.usage.source": "counted", "gen_ai.response.time_to_first_chunk": 0.1}
 
     class _Noop:

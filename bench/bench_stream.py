@@ -36,7 +36,8 @@ TOKEN_ATTRS = {**ATTRS, semconv.TOKEN_TYPE: "output"}
 
 
 def run_async(coro_fn: Any) -> float:
-    return asyncio.run(coro_fn())
+    result: float = asyncio.run(coro_fn())
+    return result
 
 
 def main() -> dict[str, float]:
