@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import inspect
 import logging
@@ -119,16 +118,20 @@ def _stop_on_sigterm() -> None:
     Ctrl-C does: ``finally`` blocks print the last summary and flush."""
     task = asyncio.current_task()
     if task is None or threading.current_thread() is not threading.main_thread():
+        # Only the main thread may take signals (embedded runs, tests).
+        logging.getLogger(__name__).debug(
+            "ragobs: not in the main thread's task; SIGTERM keeps its default")
         return
 
     def terminate() -> None:
         _received.append(signal.SIGTERM)
         task.cancel()
 
-    # Windows event loops have no add_signal_handler (NotImplementedError); a loop
-    # in another thread refuses it (RuntimeError): SIGTERM then keeps its default.
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    except NotImplementedError:  # Windows event loops: a plain handler, run on the loop
+        signal.signal(signal.SIGTERM, lambda _sig, _frame: loop.call_soon_threadsafe(terminate))
 
 
 #: Signals that stopped the command (read by main for the exit code).
