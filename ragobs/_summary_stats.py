@@ -58,6 +58,38 @@ class Summary:
     latency_seconds: Percentiles
     in_flight: int
 
+    @classmethod
+    def of(cls, requests: Mapping[Outcome, int], *, avg_ttft_seconds: float | None,
+           avg_latency_seconds: float | None, avg_tokens: float | None,
+           avg_tokens_per_second: float | None, ttft_seconds: Percentiles,
+           latency_seconds: Percentiles, in_flight: int) -> Summary:
+        """The summary of finished ``requests`` by outcome, and these figures.
+
+        One rule for every source: ``failed`` is ``error`` + ``timeout``;
+        ``cancelled`` requests are counted in the total and are neither.
+        """
+        ok = requests.get(Outcome.OK, 0)
+        timeouts = requests.get(Outcome.TIMEOUT, 0)
+        failed = requests.get(Outcome.ERROR, 0) + timeouts
+        cancelled = requests.get(Outcome.CANCELLED, 0)
+        total = ok + failed + cancelled
+        return cls(
+            total_requests=total,
+            successful=ok,
+            failed=failed,
+            cancelled=cancelled,
+            timeouts=timeouts,
+            success_rate=ok / total if total else None,
+            failure_rate=failed / total if total else None,
+            avg_ttft_seconds=avg_ttft_seconds,
+            avg_latency_seconds=avg_latency_seconds,
+            avg_tokens=avg_tokens,
+            avg_tokens_per_second=avg_tokens_per_second,
+            ttft_seconds=ttft_seconds,
+            latency_seconds=latency_seconds,
+            in_flight=in_flight,
+        )
+
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
@@ -231,17 +263,8 @@ class SummaryStats:
     def snapshot(self) -> Summary:
         with self._lock:
             ok = self._counts[Outcome.OK]
-            failed = self._counts[Outcome.ERROR] + self._counts[Outcome.TIMEOUT]
-            cancelled = self._counts[Outcome.CANCELLED]
-            total = ok + failed + cancelled
-            return Summary(
-                total_requests=total,
-                successful=ok,
-                failed=failed,
-                cancelled=cancelled,
-                timeouts=self._counts[Outcome.TIMEOUT],
-                success_rate=ok / total if total else None,
-                failure_rate=failed / total if total else None,
+            return Summary.of(
+                self._counts,
                 avg_ttft_seconds=self._ttft_sum / self._ttft_n if self._ttft_n else None,
                 avg_latency_seconds=self._latency_sum / ok if ok else None,
                 avg_tokens=self._tokens_sum / ok if ok else None,

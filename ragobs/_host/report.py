@@ -233,19 +233,8 @@ def host_figures(source: HostMetrics | HostSnapshot, *, declared_bounds: bool = 
 def host_summary(source: HostMetrics | HostSnapshot) -> Summary:
     """The host's :class:`~ragobs._summary_stats.Summary` (see the module docstring)."""
     figures = host_figures(source)
-    counts = figures.requests
-    successful = counts[Outcome.OK.value]
-    failed = counts[Outcome.ERROR.value] + counts[Outcome.TIMEOUT.value]
-    cancelled = counts[Outcome.CANCELLED.value]
-    total = successful + failed + cancelled
-    return Summary(
-        total_requests=total,
-        successful=successful,
-        failed=failed,
-        cancelled=cancelled,
-        timeouts=counts[Outcome.TIMEOUT.value],
-        success_rate=successful / total if total else None,
-        failure_rate=failed / total if total else None,
+    return Summary.of(
+        {outcome: figures.requests[outcome.value] for outcome in Outcome},
         avg_ttft_seconds=_mean(figures.ttft),
         avg_latency_seconds=_mean(figures.duration),
         avg_tokens=_mean(figures.output_tokens),
