@@ -23,6 +23,7 @@ with no metric recorded at all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import statistics
 import time
@@ -159,11 +160,8 @@ def main() -> dict[str, float]:
         span.set_attributes(end_attrs)
         span.end()
 
-    async def floor_one(n: int) -> None:
-        await floor(n, by_hand=False)
-
-    async def floor_by_hand_one(n: int) -> None:
-        await floor(n, by_hand=True)
+    floor_one = functools.partial(floor, by_hand=False)
+    floor_by_hand_one = functools.partial(floor, by_hand=True)
 
     no_exemplar = Context()
     hists = [tel.operation_duration, tel.time_to_first_chunk, tel.token_usage,
