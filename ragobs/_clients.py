@@ -83,9 +83,10 @@ def instrument_client(
     if getattr(client, _MARK, False):
         return client
     is_async = type(client).__name__.startswith("Async")
-    sibling = _NoRetrySibling(client)
-    for path, operation, takes_stream_options in _RESOURCES[provider]:
-        resource = _resolve(client, path)
+    owner, resources = _targets(client, provider)
+    sibling = _NoRetrySibling(owner)
+    for path, operation, takes_stream_options in resources:
+        resource = _resolve(owner, path)
         if resource is None:
             continue
         settings = _Settings(
@@ -104,6 +105,21 @@ def _provider_of(client: object) -> str:
             return root
     raise TypeError("client must be an openai or anthropic client (OpenAI, AsyncOpenAI, "
                     f"Anthropic, AsyncAnthropic), got {type(client).__name__}")
+
+
+def _targets(client: Any, provider: str) -> tuple[Any, tuple[tuple[str, str, bool], ...]]:
+    """(the client, the resources to observe): all of them for a client, the one
+    passed for a resource of one (``instrument_client(client.chat.completions)``)."""
+    known = _RESOURCES[provider]
+    if hasattr(client, "with_options"):  # a client; its resources have no with_options
+        return client, known
+    owner = getattr(client, "_client", None)
+    for entry in known:
+        if owner is not None and _resolve(owner, entry[0]) is client:
+            return owner, (entry,)
+    paths = ", ".join(f"client.{path}" for path, _, _ in known)
+    raise TypeError(f"client must be an {provider} client or one of its resources ({paths}), "
+                    f"got {type(client).__name__}")
 
 
 def _resolve(obj: Any, path: str) -> Any:
@@ -151,10 +167,14 @@ class _Settings:
         self.sdk_retries = sdk_retries
         self.telemetry = telemetry
 
-    def begin(self, kwargs: dict[str, Any]) -> tuple[StreamObservation, Callable[..., Any]]:
-        """The observation of one streamed call, started now, and what to call."""
+    def begin(self, kwargs: dict[str, Any]
+              ) -> tuple[StreamObservation, Callable[..., Any], bool]:
+        """The observation of one streamed call, started now, what to call, and
+        whether the usage chunk is ragobs' alone (asked for on the caller's behalf)."""
+        hide_usage = False
         if self.include_usage and kwargs.get("stream_options") is None:
             kwargs["stream_options"] = {"include_usage": True}
+            hide_usage = True
         model = kwargs.get("model")
         obs = _observation(self.telemetry, self.operation, self.provider,
                            model if isinstance(model, str) and model else None)
@@ -163,7 +183,7 @@ class _Settings:
         if retries is None:
             retries = not in_retry.get()
         target = self.original if retries else self.sibling.create(self.path)
-        return obs, target
+        return obs, target, hide_usage
 
 
 def _streaming(kwargs: dict[str, Any]) -> bool:
@@ -176,7 +196,7 @@ def _async_create(settings: _Settings) -> Callable[..., Any]:
     async def create(*args: Any, **kwargs: Any) -> Any:
         if not _streaming(kwargs):
             return await original(*args, **kwargs)
-        obs, target = settings.begin(kwargs)
+        obs, target, hide_usage = settings.begin(kwargs)
         token = otel_context.attach(obs._ctx)  # type: ignore[arg-type]
         try:
             stream = await target(*args, **kwargs)
@@ -185,7 +205,7 @@ def _async_create(settings: _Settings) -> Callable[..., Any]:
             raise
         finally:
             otel_context.detach(token)
-        return ObservedAsyncStream(stream, obs)
+        return ObservedAsyncStream(stream, obs, hide_usage)
 
     create.__wrapped__ = original  # type: ignore[attr-defined]
     create.__doc__ = getattr(original, "__doc__", None)
@@ -198,7 +218,7 @@ def _sync_create(settings: _Settings) -> Callable[..., Any]:
     def create(*args: Any, **kwargs: Any) -> Any:
         if not _streaming(kwargs):
             return original(*args, **kwargs)
-        obs, target = settings.begin(kwargs)
+        obs, target, hide_usage = settings.begin(kwargs)
         token = otel_context.attach(obs._ctx)  # type: ignore[arg-type]
         try:
             stream = target(*args, **kwargs)
@@ -207,7 +227,7 @@ def _sync_create(settings: _Settings) -> Callable[..., Any]:
             raise
         finally:
             otel_context.detach(token)
-        return ObservedStream(stream, obs)
+        return ObservedStream(stream, obs, hide_usage)
 
     create.__wrapped__ = original  # type: ignore[attr-defined]
     create.__doc__ = getattr(original, "__doc__", None)
@@ -224,19 +244,23 @@ class ObservedAsyncStream:
     Iterate it, use it as ``async with``, ``close()`` it: as the SDK's own
     stream. Other attributes (``response``...) are the SDK stream's. Closing
     it, or dropping it unread, ends the observation (outcome ``cancelled``)
-    and closes the SDK stream, releasing the HTTP response.
+    and closes the SDK stream, releasing the HTTP response. An exception
+    leaving ``async with stream:`` ends it with that exception's outcome
+    (``error``, for a consumer's own failure). The usage chunk that ragobs
+    asked for on the caller's behalf is read, never passed on.
     """
 
-    __slots__ = ("_gen", "_obs", "_stream")
+    __slots__ = ("_gen", "_hide_usage", "_obs", "_stream")
 
-    def __init__(self, stream: Any, obs: StreamObservation) -> None:
+    def __init__(self, stream: Any, obs: StreamObservation, hide_usage: bool = False) -> None:
         self._stream = stream
         self._obs = obs
+        self._hide_usage = hide_usage
         self._gen: AsyncGenerator[Any, None] | None = None
 
     def __aiter__(self) -> AsyncGenerator[Any, None]:
         if self._gen is None:
-            self._gen = _observe_async(self._stream, self._obs, None)
+            self._gen = _observe_async(self._stream, self._obs, None, self._hide_usage)
         return self._gen
 
     async def __anext__(self) -> Any:
@@ -254,7 +278,17 @@ class ObservedAsyncStream:
     async def __aenter__(self) -> ObservedAsyncStream:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: object) -> None:
+        if exc is not None:  # the consumer's own code failed: the request failed with it
+            if self._gen is None:
+                self._obs.finish(exc)
+            else:  # at the chunk it stopped on, so the figures so far are kept
+                try:
+                    await self._gen.athrow(exc)
+                except BaseException as raised:
+                    if raised is not exc:
+                        raise
         await self.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -269,16 +303,17 @@ class ObservedStream:
     """An SDK ``Stream`` (sync client) whose consumption is observed; as
     :class:`ObservedAsyncStream`."""
 
-    __slots__ = ("_gen", "_obs", "_stream")
+    __slots__ = ("_gen", "_hide_usage", "_obs", "_stream")
 
-    def __init__(self, stream: Any, obs: StreamObservation) -> None:
+    def __init__(self, stream: Any, obs: StreamObservation, hide_usage: bool = False) -> None:
         self._stream = stream
         self._obs = obs
+        self._hide_usage = hide_usage
         self._gen: Generator[Any, None, None] | None = None
 
     def __iter__(self) -> Generator[Any, None, None]:
         if self._gen is None:
-            self._gen = _observe_sync(self._stream, self._obs, None)
+            self._gen = _observe_sync(self._stream, self._obs, None, self._hide_usage)
         return self._gen
 
     def __next__(self) -> Any:
@@ -294,7 +329,17 @@ class ObservedStream:
     def __enter__(self) -> ObservedStream:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if exc is not None:  # as ObservedAsyncStream.__aexit__
+            if self._gen is None:
+                self._obs.finish(exc)
+            else:
+                try:
+                    self._gen.throw(exc)
+                except BaseException as raised:
+                    if raised is not exc:
+                        raise
         self.close()
 
     def __getattr__(self, name: str) -> Any:

@@ -27,6 +27,15 @@ def is_deferred(source: object) -> bool:
     return inspect.isawaitable(source) or callable(source)
 
 
+def check_streamed(source: object) -> None:
+    """Refuse a complete, non-streamed SDK response (a pydantic model such as
+    ``ChatCompletion``, which iterates over its fields) with what was meant."""
+    if hasattr(type(source), "model_dump") and not hasattr(source, "__next__"):
+        raise TypeError(
+            f"the stream is a complete {type(source).__name__}, not a stream: call the "
+            "provider with stream=True (create(..., stream=True)) to observe its chunks")
+
+
 async def aopen(source: Any) -> tuple[Any, AsyncIterator[Any]]:
     """(the source object, its async iterator), calling / awaiting a deferred source."""
     if not hasattr(source, "__aiter__"):
@@ -34,6 +43,7 @@ async def aopen(source: Any) -> tuple[Any, AsyncIterator[Any]]:
             source = source()
         if not hasattr(source, "__aiter__") and inspect.isawaitable(source):
             source = await source
+        check_streamed(source)
         if not hasattr(source, "__aiter__"):
             raise TypeError(f"the stream must be an async iterable, or a call or factory "
                             f"giving one, got {type(source).__name__}")
@@ -45,6 +55,7 @@ def open_sync(source: Any) -> tuple[Any, Iterator[Any]]:
     """(the source object, its iterator), calling a factory."""
     if not hasattr(source, "__iter__") and callable(source):
         source = source()
+    check_streamed(source)
     if not hasattr(source, "__iter__"):
         raise TypeError(f"the stream must be an iterable, or a factory giving one, "
                         f"got {type(source).__name__}")

@@ -33,6 +33,7 @@ from collections.abc import (
     AsyncIterable,
     Awaitable,
     Callable,
+    Coroutine,
     Generator,
     Iterable,
 )
@@ -47,7 +48,7 @@ from opentelemetry.util.types import AttributeValue
 
 from ragobs import semconv
 from ragobs._classify import classify, error_type
-from ragobs._sources import aclose_source, aopen, close_source, open_sync
+from ragobs._sources import aclose_source, aopen, check_streamed, close_source, open_sync
 from ragobs._summary_stats import SummaryStats
 from ragobs._telemetry import BoundHistogram, ExemplarSeries, Telemetry, get_telemetry
 from ragobs.chunks import ChunkReader, read_openai_chat, reader_for, readers
@@ -135,11 +136,14 @@ class _Ending:
 class _LabelSet:
     """Attribute dicts and counter keys for one (operation, provider, model)."""
 
-    __slots__ = ("_ends", "_telemetry", "active_key", "span_attributes", "span_name",
-                 "start_attributes")
+    __slots__ = ("_ends", "_telemetry", "active_key", "model", "operation", "provider",
+                 "span_attributes", "span_name", "start_attributes")
 
     def __init__(self, telemetry: Telemetry, operation: str, provider: str | None,
                  model: str | None) -> None:
+        self.operation = operation
+        self.provider = provider
+        self.model = model
         bound = telemetry.bound
         attrs: dict[str, str] = {semconv.OPERATION_NAME: bound(semconv.OPERATION_NAME, operation)}
         if provider is not None:
@@ -226,6 +230,7 @@ class StreamObservation:
         "_n_checked",
         "_n_tokens",
         "_output_tokens",
+        "_provider",
         "_reasoning",
         "_response_id",
         "_room",
@@ -256,6 +261,8 @@ class StreamObservation:
         self._reasoning: int | None = None
         #: The model that answered, once a chunk said (gen_ai.response.model).
         self.response_model: str | None = None
+        #: The provider whose wire format the chunks are in, once one said.
+        self._provider: str | None = None
         self._response_id: str | None = None
         self._finish_reasons: list[str] | None = None
         self._finished = False
@@ -342,10 +349,12 @@ class StreamObservation:
             self._reasoning = reasoning_output_tokens
 
     def note_response(self, *, model: str | None = None, response_id: str | None = None,
-                      finish_reason: str | None = None) -> None:
+                      finish_reason: str | None = None, provider: str | None = None) -> None:
         """Response metadata read from a chunk (see :class:`ragobs.chunks.ChunkSink`)."""
         if model and isinstance(model, str):
             self.response_model = model
+        if provider and isinstance(provider, str):
+            self._provider = provider
         if response_id and isinstance(response_id, str):
             self._response_id = response_id
         if finish_reason:
@@ -429,7 +438,9 @@ class StreamObservation:
         self._finished = True
         t_end = _perf() if end_time is None else end_time
         tel = self._telemetry
-        labels = self._labels
+        labels = started = self._labels
+        if labels.model is None or labels.provider is None:
+            labels = self._labels_from_chunks(labels)
         etype = error_type(exc) if exc is not None and outcome is not Outcome.CANCELLED else None
         ending = labels.end(outcome, etype)
         attrs = ending.attrs
@@ -483,7 +494,7 @@ class StreamObservation:
         tel.requests.add_key(key, 1)
         if failed:
             tel.errors.add_key(key, 1)
-        tel.active.add_key(labels.active_key, -1)
+        tel.active.add_key(started.active_key, -1)
         tel.summary.record(outcome, latency, ttft, tokens, rate)
         if self._also is not None:
             self._also.record(outcome, latency, ttft, tokens, rate)
@@ -492,6 +503,21 @@ class StreamObservation:
             self._end_attributes(span, ending, exc, tokens if record_tokens else None, ttft)
         span.end()
         return outcome
+
+    def _labels_from_chunks(self, labels: _LabelSet) -> _LabelSet:
+        """``labels`` completed with the model and provider the chunks named,
+        for a stream observed without them (``observe_stream(client...create())``);
+        the span takes the same names."""
+        model = labels.model or self.response_model
+        provider = labels.provider or self._provider
+        if model == labels.model and provider == labels.provider:
+            return labels
+        found = _label_set(self._telemetry, labels.operation, provider, model)
+        span = self._span
+        if span.is_recording():
+            span.update_name(found.span_name)
+            span.set_attributes(found.span_attributes)
+        return found
 
     def _end_attributes(self, span: trace.Span, ending: _Ending, exc: BaseException | None,
                         tokens: int | None, ttft: float | None) -> None:
@@ -613,13 +639,22 @@ def _restore(ctx: Context | None, outer: Context) -> None:
         _attach(outer)
 
 
+def _usage_only(chunk: Any) -> bool:
+    """An OpenAI Chat Completions chunk that carries usage and no choice."""
+    return getattr(chunk, "usage", None) is not None and not getattr(chunk, "choices", True)
+
+
 def _measure(chunk: Any, obs: StreamObservation, count: Callable[[Any], int] | None) -> int:
     return reader_for(chunk)(chunk, obs) if count is None else count(chunk)
 
 
 async def _observe_async(
-    source: Any, obs: StreamObservation, count: Callable[[Any], int] | None
+    source: Any, obs: StreamObservation, count: Callable[[Any], int] | None,
+    hide_usage: bool = False,
 ) -> AsyncGenerator[Any, None]:
+    """Pass ``source``'s chunks through, measured. ``hide_usage``: a usage-only
+    chunk (no choices) is read but not passed on, for a consumer that did not
+    ask for usage (``instrument_client`` asked on its behalf)."""
     capture = obs._content is not None
     obs.start()
     ctx = obs._ctx
@@ -653,6 +688,8 @@ async def _observe_async(
                     obs.record_output(chunk)
                 yield chunk
                 break
+            if hide_usage and _usage_only(chunk):
+                continue
             yield chunk
         if count is not None:
             async for chunk in it:
@@ -680,6 +717,8 @@ async def _observe_async(
                             yield chunk
                             continue
                 n += reader_for(chunk)(chunk, obs)
+                if hide_usage and chunk.usage is not None and not chunk.choices:
+                    continue
                 yield chunk
         else:
             get = readers.get
@@ -690,6 +729,8 @@ async def _observe_async(
                     n += k
                     if capture:
                         obs.record_output(chunk)
+                elif hide_usage and _usage_only(chunk):
+                    continue
                 yield chunk
         done = True
     except BaseException as exc:
@@ -704,8 +745,10 @@ async def _observe_async(
 
 
 def _observe_sync(
-    source: Any, obs: StreamObservation, count: Callable[[Any], int] | None
+    source: Any, obs: StreamObservation, count: Callable[[Any], int] | None,
+    hide_usage: bool = False,
 ) -> Generator[Any, None, None]:
+    """The synchronous :func:`_observe_async`."""
     capture = obs._content is not None
     obs.start()
     ctx = obs._ctx
@@ -738,6 +781,8 @@ def _observe_sync(
                     obs.record_output(chunk)
                 yield chunk
                 break
+            if hide_usage and _usage_only(chunk):
+                continue
             yield chunk
         if count is not None:
             for chunk in it:
@@ -762,6 +807,8 @@ def _observe_sync(
                             yield chunk
                             continue
                 n += reader_for(chunk)(chunk, obs)
+                if hide_usage and chunk.usage is not None and not chunk.choices:
+                    continue
                 yield chunk
         else:
             get = readers.get
@@ -772,6 +819,8 @@ def _observe_sync(
                     n += k
                     if capture:
                         obs.record_output(chunk)
+                elif hide_usage and _usage_only(chunk):
+                    continue
                 yield chunk
         done = True
     except BaseException as exc:
@@ -783,6 +832,69 @@ def _observe_sync(
         _restore(ctx, outer)
         if not done and it is not None:
             close_source(it, src, quiet=failure is not None)
+
+
+_NOT_AWAITED: Final = (
+    "observe_stream() and @instrument_stream functions give a stream to iterate, not an "
+    "awaitable: use `async for chunk in observe_stream(...)`; pass the un-awaited call "
+    "(observe_stream(client.chat.completions.create(..., stream=True))) so that the request "
+    "is inside the measurement")
+
+
+class _AsyncStream(AsyncGenerator[Any, None]):
+    """What ``observe_stream`` gives for an async source: the observing async
+    generator, with a clear error for ``await`` instead of Python's generic one.
+    ``async for`` iterates the generator itself, so it costs nothing per chunk."""
+
+    __slots__ = ("_gen",)
+
+    def __init__(self, gen: AsyncGenerator[Any, None]) -> None:
+        self._gen = gen
+
+    def __aiter__(self) -> AsyncGenerator[Any, None]:
+        return self._gen
+
+    def __anext__(self) -> Coroutine[Any, Any, Any]:
+        return self._gen.__anext__()
+
+    def asend(self, value: None) -> Coroutine[Any, Any, Any]:
+        return self._gen.asend(value)
+
+    def athrow(self, *args: Any) -> Coroutine[Any, Any, Any]:
+        return self._gen.athrow(*args)
+
+    def aclose(self) -> Coroutine[Any, Any, None]:
+        return self._gen.aclose()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise TypeError(_NOT_AWAITED)
+
+
+class _SyncStream(Generator[Any, None, None]):
+    """As :class:`_AsyncStream`, for a synchronous source."""
+
+    __slots__ = ("_gen",)
+
+    def __init__(self, gen: Generator[Any, None, None]) -> None:
+        self._gen = gen
+
+    def __iter__(self) -> Generator[Any, None, None]:
+        return self._gen
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def send(self, value: None) -> Any:
+        return self._gen.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._gen.throw(*args)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise TypeError(_NOT_AWAITED)
 
 
 class _DeferredStream:
@@ -823,6 +935,9 @@ class _DeferredStream:
     def close(self) -> None:
         if self._gen is not None:
             self._gen.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise TypeError(_NOT_AWAITED)
 
 
 @overload
@@ -873,12 +988,14 @@ def observe_stream(
     _check_names(operation, model, provider)
     count = _check_count(count_tokens)
     tel = _check_telemetry_arg(telemetry)
-    if hasattr(stream, "__aiter__"):
-        return _observe_async(stream, _observation(tel, operation, provider, model), count)
+    if hasattr(stream, "__aiter__") or (inspect.isawaitable(stream)
+                                        and not hasattr(stream, "__iter__")):
+        return _AsyncStream(
+            _observe_async(stream, _observation(tel, operation, provider, model), count))
     if hasattr(stream, "__iter__"):
-        return _observe_sync(stream, _observation(tel, operation, provider, model), count)
-    if inspect.isawaitable(stream):
-        return _observe_async(stream, _observation(tel, operation, provider, model), count)
+        check_streamed(stream)
+        return _SyncStream(
+            _observe_sync(stream, _observation(tel, operation, provider, model), count))
     if callable(stream):
         return _DeferredStream(stream, _observation(tel, operation, provider, model), count)
     raise TypeError("stream must be an iterable, an async iterable, an awaitable of one or a "
@@ -938,14 +1055,14 @@ def instrument_stream(
             @functools.wraps(func)
             def async_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
                 obs = _observation(tel, operation, provider, model)
-                return _observe_async(func(*args, **kwargs), obs, count)
+                return _AsyncStream(_observe_async(func(*args, **kwargs), obs, count))
 
             return cast(F, async_wrapper)
         if inspect.isgeneratorfunction(func):
             @functools.wraps(func)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, None, None]:
                 obs = _observation(tel, operation, provider, model)
-                return _observe_sync(func(*args, **kwargs), obs, count)
+                return _SyncStream(_observe_sync(func(*args, **kwargs), obs, count))
 
             return cast(F, sync_wrapper)
         raise TypeError(

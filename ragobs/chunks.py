@@ -54,8 +54,9 @@ class ChunkSink(Protocol):
         it when ``add`` (streams that report usage in parts)."""
 
     def note_response(self, *, model: str | None = None, response_id: str | None = None,
-                      finish_reason: str | None = None) -> None:
-        """Response metadata: the model that answered, its id, a finish reason."""
+                      finish_reason: str | None = None, provider: str | None = None) -> None:
+        """Response metadata: the model that answered, its id, a finish reason,
+        and the provider whose wire format the chunk is in (``gen_ai.provider.name``)."""
 
 
 #: Reads one chunk: returns the output units it carries, tells the sink the rest.
@@ -75,6 +76,11 @@ class _Discard:
 
 
 _DISCARD: Final = _Discard()
+
+
+#: gen_ai.provider.name of the wire formats read here.
+_OPENAI: Final = "openai"
+_ANTHROPIC: Final = "anthropic"
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -140,7 +146,7 @@ def read_openai_chat(chunk: Any, sink: ChunkSink) -> int:
         _openai_usage(usage, sink)
     if sink.response_model is None:
         sink.note_response(model=getattr(chunk, "model", None),
-                           response_id=getattr(chunk, "id", None))
+                           response_id=getattr(chunk, "id", None), provider=_OPENAI)
     return n
 
 
@@ -156,7 +162,8 @@ def _read_openai_chat_dict(chunk: Mapping[str, Any], sink: ChunkSink) -> int:
     if usage:
         _openai_usage(usage, sink)
     if sink.response_model is None:
-        sink.note_response(model=chunk.get("model"), response_id=chunk.get("id"))
+        sink.note_response(model=chunk.get("model"), response_id=chunk.get("id"),
+                           provider=_OPENAI)
     return n
 
 
@@ -171,7 +178,8 @@ def _responses_response(event: Any, sink: ChunkSink) -> int:
     response = _get(event, "response")
     if response is None:
         return 0
-    sink.note_response(model=_get(response, "model"), response_id=_get(response, "id"))
+    sink.note_response(model=_get(response, "model"), response_id=_get(response, "id"),
+                       provider=_OPENAI)
     usage = _get(response, "usage")
     if usage:
         inputs = _get(usage, "input_tokens_details")
@@ -204,7 +212,8 @@ def _anthropic_usage(usage: Any, sink: ChunkSink) -> None:
 def _anthropic_message_start(event: Any, sink: ChunkSink) -> int:
     message = _get(event, "message")
     if message is not None:
-        sink.note_response(model=_get(message, "model"), response_id=_get(message, "id"))
+        sink.note_response(model=_get(message, "model"), response_id=_get(message, "id"),
+                           provider=_ANTHROPIC)
         usage = _get(message, "usage")
         if usage:
             _anthropic_usage(usage, sink)
@@ -307,7 +316,9 @@ def read_langchain(chunk: Any, sink: ChunkSink) -> int:
             sink.note_response(finish_reason=str(reason))
         model = metadata.get("model_name") or metadata.get("model")
         if model:
-            sink.note_response(model=model, response_id=metadata.get("id"))
+            provider = metadata.get("model_provider")
+            sink.note_response(model=model, response_id=metadata.get("id"),
+                               provider=provider if isinstance(provider, str) else None)
     return n
 
 
