@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 from ragobs._clients import instrument_client
 from ragobs._events import Event, add_hook, remove_hook
-from ragobs._stages import stage
+from ragobs._stages import retrieval, stage, tool
 from ragobs._stream import StreamObservation, instrument_stream, observe, observe_stream
 from ragobs._summary import Session, SessionError, StreamingMetrics
 from ragobs._summary_stats import Summary, SummaryStats
@@ -78,6 +78,7 @@ __all__ = [
     "observe_stream",
     "register_chunk_reader",
     "remove_hook",
+    "retrieval",
     "retry",
     "retry_stream",
     "set_telemetry",
@@ -85,5 +86,6 @@ __all__ = [
     "stage",
     "stream_timeout",
     "timeout",
+    "tool",
     "with_timeout",
 ]

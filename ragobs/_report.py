@@ -147,7 +147,8 @@ class Reporter:
 
     def report(self) -> Report:
         return Report(
-            summary=self.stats.snapshot(),
+            summary=self.stats.snapshot(
+                () if self.telemetry is None else self.telemetry.calls.snapshot()),
             resilience=None if self.telemetry is None else read_resilience(self.telemetry),
             service=self.service,
             uptime_seconds=None if self.started is None else time.monotonic() - self.started,
@@ -214,10 +215,31 @@ def format_text(report: Report) -> str:
         "  Latency: " + " / ".join(_seconds(v) for v in (
             s.latency_seconds.p50, s.latency_seconds.p95, s.latency_seconds.p99)),
     ]
+    if s.calls:
+        lines += ["", *_turn_lines(s)]
     if report.resilience is not None:
         lines += ["", *_resilience_lines(report.resilience)]
     lines.append(rule)
     return "\n".join(lines)
+
+
+def _turn_lines(s: Summary) -> list[str]:
+    """Turns and their LLM calls, side by side (when the report has calls)."""
+    lines = [
+        "🤖 Per successful request (turn):",
+        f"  LLM calls: {_number(s.avg_inference_calls)}  Tool calls: "
+        f"{_number(s.avg_tool_calls)}  Input tokens: {_number(s.avg_input_tokens)}",
+    ]
+    if s.ttft_breakdown:
+        lines.append("  TTFT went to: " + ", ".join(
+            f"{name} {seconds:.3f}s" for name, seconds in s.ttft_breakdown.items()))
+    lines.append("🔌 LLM calls by model (calls, failed, avg TTFT, avg latency, tokens in/out):")
+    for row in s.calls:
+        name = " ".join(part for part in (row.provider, row.model) if part) or "(unnamed)"
+        lines.append(f"  {name}: {row.calls}, {row.failed}, {_seconds(row.avg_ttft_seconds)}, "
+                     f"{_seconds(row.avg_latency_seconds)}, "
+                     f"{row.input_tokens}/{row.output_tokens}")
+    return lines
 
 
 def format_dashboard(summary: Summary) -> str:

@@ -51,6 +51,17 @@ from ragobs._classify import classify, error_type
 from ragobs._sources import aclose_source, aopen, check_streamed, close_source, open_sync
 from ragobs._summary_stats import SummaryStats
 from ragobs._telemetry import BoundHistogram, ExemplarSeries, Telemetry, get_telemetry
+from ragobs._turn import (
+    PHASE_LLM,
+    PHASE_OTHER,
+    Turn,
+    current_turn,
+    enter,
+    in_phase,
+    leave,
+    phase_context,
+    turn_context,
+)
 from ragobs.chunks import ChunkReader, read_openai_chat, reader_for, readers
 from ragobs.semconv import Outcome
 
@@ -95,8 +106,12 @@ class _Ending:
     """Everything :meth:`StreamObservation.finish` needs for one (labels, outcome,
     error.type), built once and reused by every stream that ends that way."""
 
-    __slots__ = ("attrs", "duration", "error_type", "exemplars", "input_attrs", "input_tokens",
-                 "key", "outcome", "output_attrs", "output_tokens", "per_chunk", "rate", "ttft")
+    __slots__ = (
+        "attrs", "duration", "error_type", "exemplars", "input_attrs", "input_tokens", "key",
+        "outcome", "output_attrs", "output_tokens", "per_chunk", "phase_keys", "rate", "ttft",
+        "turn_calls", "turn_duration", "turn_input", "turn_output", "turn_rate", "turn_tools",
+        "turn_ttft",
+    )
 
     def __init__(self, telemetry: Telemetry, span_attributes: dict[str, str],
                  outcome: Outcome, etype: str | None) -> None:
@@ -116,6 +131,15 @@ class _Ending:
         self.input_tokens = BoundHistogram(telemetry.token_usage, self.input_attrs)
         self.rate = BoundHistogram(telemetry.output_token_rate, attrs)
         self.per_chunk = BoundHistogram(telemetry.time_per_output_chunk, attrs)
+        # The turn's series (the same labels: a turn of one call is both).
+        self.turn_duration = BoundHistogram(telemetry.turn_duration, attrs)
+        self.turn_ttft = BoundHistogram(telemetry.turn_time_to_first_chunk, attrs)
+        self.turn_output = BoundHistogram(telemetry.turn_token_usage, self.output_attrs)
+        self.turn_input = BoundHistogram(telemetry.turn_token_usage, self.input_attrs)
+        self.turn_rate = BoundHistogram(telemetry.turn_output_token_rate, attrs)
+        self.turn_calls = BoundHistogram(telemetry.turn_inference_calls, attrs)
+        self.turn_tools = BoundHistogram(telemetry.turn_tool_calls, attrs)
+        self.phase_keys: dict[str, tuple[tuple[str, str], ...]] = {}
         #: latency and TTFT, when no exemplar goes to the SDK (ragobs keeps them)
         self.duration: BoundHistogram | None = None
         self.ttft: BoundHistogram | None = None
@@ -133,28 +157,46 @@ class _Ending:
             )
 
 
+    def phase_key(self, telemetry: Telemetry, phase: str) -> tuple[tuple[str, str], ...]:
+        """The counter key of one phase of the time to first chunk (cached)."""
+        found = self.phase_keys.get(phase)
+        if found is None:
+            attrs = {**self.attrs, semconv.PHASE: telemetry.bound(semconv.PHASE, phase)}
+            found = tuple(sorted(attrs.items()))
+            if len(self.phase_keys) < _ENDINGS_CACHED:
+                self.phase_keys[phase] = found
+        return found
+
+
 class _LabelSet:
     """Attribute dicts and counter keys for one (operation, provider, model)."""
 
-    __slots__ = ("_ends", "_telemetry", "active_key", "model", "operation", "provider",
-                 "span_attributes", "span_name", "start_attributes")
+    __slots__ = ("_ends", "_telemetry", "active_key", "agent", "model", "operation",
+                 "provider", "span_attributes", "span_kind", "span_name", "start_attributes")
 
     def __init__(self, telemetry: Telemetry, operation: str, provider: str | None,
-                 model: str | None) -> None:
+                 model: str | None, agent: str | None = None) -> None:
         self.operation = operation
         self.provider = provider
         self.model = model
+        #: An agent's turn: an ``invoke_agent {name}`` span (INTERNAL), never an LLM call.
+        self.agent = agent
         bound = telemetry.bound
         attrs: dict[str, str] = {semconv.OPERATION_NAME: bound(semconv.OPERATION_NAME, operation)}
         if provider is not None:
             attrs[semconv.PROVIDER_NAME] = bound(semconv.PROVIDER_NAME, provider)
         if model is not None:
             attrs[semconv.REQUEST_MODEL] = bound(semconv.REQUEST_MODEL, model)
+        if agent is not None:
+            attrs[semconv.AGENT_NAME] = bound(semconv.AGENT_NAME, agent)
         # The span name carries the real model (spans are not aggregated).
-        self.span_name = f"{operation} {model}" if model else operation
+        self.span_name = (f"{operation} {agent}" if agent else
+                          f"{operation} {model}" if model else operation)
+        self.span_kind = SpanKind.INTERNAL if agent else SpanKind.CLIENT
         self.span_attributes = attrs
-        self.start_attributes: dict[str, AttributeValue] = {**attrs,
-                                                            semconv.REQUEST_STREAM: True}
+        self.start_attributes: dict[str, AttributeValue] = dict(attrs)
+        if agent is None:
+            self.start_attributes[semconv.REQUEST_STREAM] = True
         self.active_key = tuple(sorted(_admitted(telemetry, attrs).items()))
         self._ends: dict[tuple[Outcome, str | None], _Ending] = {}
         self._telemetry = telemetry
@@ -182,21 +224,22 @@ _UNCHECKED: Final = object()
 
 
 def _label_set(telemetry: Telemetry, operation: str, provider: str | None,
-               model: str | None) -> _LabelSet:
-    key = (operation, provider, model)
+               model: str | None, agent: str | None = None) -> _LabelSet:
+    key = (operation, provider, model, agent)
     cache = telemetry.label_sets
     found = cache.get(key)
     if found is None:
-        found = _LabelSet(telemetry, operation, provider, model)
+        found = _LabelSet(telemetry, operation, provider, model, agent)
         if len(cache) < _LABEL_SETS_CACHED:
             cache[key] = found
     return found
 
 
-def _check_names(operation: object, model: object, provider: object) -> None:
+def _check_names(operation: object, model: object, provider: object,
+                 agent: object = None) -> None:
     if not isinstance(operation, str) or not operation:
         raise ValueError(f"operation must be a non-empty str, got {operation!r}")
-    for arg, value in (("model", model), ("provider", provider)):
+    for arg, value in (("model", model), ("provider", provider), ("agent", agent)):
         if value is not None and (not isinstance(value, str) or not value):
             raise ValueError(f"{arg} must be a non-empty str or None, got {value!r}")
 
@@ -227,9 +270,12 @@ class StreamObservation:
         "_finished",
         "_input_tokens",
         "_labels",
+        "_leaf",
         "_n_checked",
         "_n_tokens",
         "_output_tokens",
+        "_owns_turn",
+        "_phase",
         "_provider",
         "_reasoning",
         "_response_id",
@@ -239,12 +285,21 @@ class StreamObservation:
         "_t_start",
         "_telemetry",
         "_token",
+        "_turn",
+        "_turn_stack",
         "response_model",
     )
 
     def __init__(self, telemetry: Telemetry, labels: _LabelSet,
-                 also: SummaryStats | None = None) -> None:
+                 also: SummaryStats | None = None, *, leaf: bool = False) -> None:
         self._telemetry = telemetry
+        #: An LLM call that cannot contain others (instrument_client's streams).
+        self._leaf = leaf
+        self._turn: Turn | None = None
+        self._owns_turn = False
+        self._turn_stack: list[Turn] | None = None
+        #: A call directly inside its turn reports its time to first chunk as this phase.
+        self._phase: str | None = None
         self._also = also
         self._labels = labels
         self._span: trace.Span = trace.INVALID_SPAN
@@ -276,8 +331,14 @@ class StreamObservation:
         """Mark the first chunk as arrived now, or at ``at`` (a
         :func:`time.perf_counter` value); later calls are ignored."""
         if self._t_first is None:
-            self._t_first = _perf() if at is None else at
+            self._t_first = t_first = _perf() if at is None else at
             self._span.add_event(semconv.EVENT_FIRST_CHUNK)
+            turn = self._turn
+            if turn is not None:
+                if self._owns_turn:
+                    turn.t_first = t_first
+                elif self._phase is not None:
+                    turn.phase(self._phase, self._t_start, t_first)
 
     def set_token_count(self, n: int) -> None:
         """Replace the count of output tokens (a caller that counts them itself)."""
@@ -418,15 +479,28 @@ class StreamObservation:
         """Open the span and count the request as in flight (once)."""
         if self._ctx is not None:
             return
-        self._t_start = _perf() if start_time is None else start_time
+        self._t_start = t_start = _perf() if start_time is None else start_time
         labels = self._labels
         tel = self._telemetry
-        self._span = tel.tracer.start_span(
-            labels.span_name, kind=SpanKind.CLIENT, attributes=labels.start_attributes
+        parent = current_turn()
+        if parent is not None and labels.agent is None:  # a call of the running turn
+            self._turn = parent
+            if not in_phase():
+                self._phase = PHASE_LLM
+        self._span = span = tel.tracer.start_span(
+            labels.span_name, kind=labels.span_kind, attributes=labels.start_attributes
         )
-        self._ctx = trace.set_span_in_context(self._span)
-        tel.active.add_key(labels.active_key, 1)
-        tel.summary.started()
+        ctx = trace.set_span_in_context(span)
+        if self._turn is not None:
+            self._ctx = phase_context(ctx, self._turn)
+        else:  # a turn of its own: what starts inside it is its call, stage or tool
+            self._turn = turn = Turn(t_start)
+            self._owns_turn = True
+            self._ctx = turn_context(ctx, turn)
+            if not self._leaf:
+                self._turn_stack = enter(turn)
+            tel.active.add_key(labels.active_key, 1)
+            tel.summary.started()
         if self._also is not None:
             self._also.started()
 
@@ -439,11 +513,12 @@ class StreamObservation:
         t_end = _perf() if end_time is None else end_time
         tel = self._telemetry
         labels = started = self._labels
-        if labels.model is None or labels.provider is None:
+        turn = self._turn
+        if ((labels.model is None or labels.provider is None) and labels.agent is None
+                and not (self._owns_turn and turn is not None and turn.calls)):
             labels = self._labels_from_chunks(labels)
         etype = error_type(exc) if exc is not None and outcome is not Outcome.CANCELLED else None
         ending = labels.end(outcome, etype)
-        attrs = ending.attrs
         span = self._span
         output_tokens = self._output_tokens
         reported = output_tokens is not None
@@ -454,55 +529,125 @@ class StreamObservation:
         input_tokens = self._input_tokens
         latency = t_end - self._t_start
         t_first = self._t_first
-        ttft = rate = None
+        ttft = None if t_first is None else t_first - self._t_start
+        rate = None
+        if t_first is not None:
+            window = t_end - t_first
+            if tokens >= 2 and window > 0 and record_tokens:
+                rate = tokens / window
+        if turn is None:  # pragma: no cover - started() always sets one
+            turn = Turn(self._t_start)
+        if not self._owns_turn:  # an inference call of a turn
+            self._record_call(ending, tokens if record_tokens else None, latency, ttft=ttft,
+                              rate=rate, t_end=t_end)
+            turn.call_finished(failed=failed, input_tokens=input_tokens,
+                               output_tokens=tokens if record_tokens else None)
+            if self._phase is not None and t_first is None:
+                turn.phase(self._phase, self._t_start, t_end)
+            turn_figures = None
+        else:
+            if self._turn_stack is not None:
+                leave(turn, self._turn_stack)
+            own_call = turn.calls == 0 and labels.agent is None
+            if own_call:  # a turn of one call: the call's own figures too
+                self._record_call(ending, tokens if record_tokens else None, latency,
+                                  ttft=ttft, rate=rate, t_end=t_end)
+                turn_out: int | None = tokens if record_tokens else None
+                turn_in = input_tokens
+            else:
+                turn_out, turn_in = turn.output_tokens, turn.input_tokens
+            turn_figures = (turn_out, turn_in)
+            self._record_turn(ending, turn, own_call=own_call, outcome=outcome, failed=failed,
+                              latency=latency, ttft=ttft, rate=rate, output_tokens=turn_out,
+                              input_tokens=turn_in)
+            tel.active.add_key(started.active_key, -1)
+        if self._also is not None:
+            self._also.record(outcome, latency, ttft,
+                              tokens if turn_figures is None else turn_figures[0] or 0, rate)
+
+        if span.is_recording():
+            self._end_attributes(span, ending, exc, tokens if record_tokens else None, ttft,
+                                 turn=turn if self._owns_turn else None,
+                                 turn_figures=turn_figures)
+        span.end()
+        return outcome
+
+    def _record_call(self, ending: _Ending, tokens: int | None, latency: float, *,
+                     ttft: float | None, rate: float | None, t_end: float) -> None:
+        """The GenAI client figures of one LLM call (per model)."""
+        tel = self._telemetry
+        labels = self._labels
+        tel.calls.record(labels.provider or self._provider, labels.model or self.response_model,
+                         Outcome(ending.outcome), latency=latency, ttft=ttft,
+                         input_tokens=self._input_tokens, output_tokens=tokens)
         # Latency and TTFT carry the stream's trace id as an exemplar: in our
         # own table when setup() gave us one (see ExemplarTable), else through
         # the SDK's reservoir, which reads the span from ``context``.
         exemplars = ending.exemplars
         exemplar_ctx = self._ctx if exemplars is None else _NO_EXEMPLAR
-
+        attrs = ending.attrs
         if ending.duration is not None:
             ending.duration.record(latency)
         else:
             tel.operation_duration.record(latency, attrs, context=exemplar_ctx)
-        if record_tokens:
+        if tokens is not None:
             ending.output_tokens.record(tokens)
-        if input_tokens is not None:
-            ending.input_tokens.record(input_tokens)
-        if t_first is not None:
-            ttft = t_first - self._t_start
+        if self._input_tokens is not None:
+            ending.input_tokens.record(self._input_tokens)
+        t_first = self._t_first
+        if ttft is not None and t_first is not None:
             if ending.ttft is not None:
                 ending.ttft.record(ttft)
             else:
                 tel.time_to_first_chunk.record(ttft, attrs, context=exemplar_ctx)
-            window = t_end - t_first
-            chunks = self._n_tokens
-            if tokens >= 2 and window > 0 and record_tokens:
-                rate = tokens / window
+            if rate is not None:
                 ending.rate.record(rate)
+            chunks = self._n_tokens
+            window = t_end - t_first
             if chunks >= 2 and window > 0:
                 ending.per_chunk.record(window / (chunks - 1))
         if exemplars is not None:
-            span_context = span.get_span_context()
+            span_context = self._span.get_span_context()
             if span_context.trace_flags.sampled:  # as the SDK's trace-based filter
                 now = time.time()
                 trace_id, span_id = span_context.trace_id, span_context.span_id
                 exemplars[0].offer(latency, trace_id, span_id, now)
                 if ttft is not None:
                     exemplars[1].offer(ttft, trace_id, span_id, now)
+
+    def _record_turn(self, ending: _Ending, turn: Turn, *, own_call: bool, outcome: Outcome,
+                     failed: bool, latency: float, ttft: float | None, rate: float | None,
+                     output_tokens: int | None, input_tokens: int | None) -> None:
+        """The figures of one turn: the seed's summary and the turn instruments."""
+        tel = self._telemetry
+        ending.turn_duration.record(latency)
+        if output_tokens is not None:
+            ending.turn_output.record(output_tokens)
+        if input_tokens is not None:
+            ending.turn_input.record(input_tokens)
+        calls = 1 if own_call else turn.calls
+        ending.turn_calls.record(calls)
+        ending.turn_tools.record(turn.tool_calls)
+        phases = None
+        if ttft is not None:
+            ending.turn_ttft.record(ttft)
+            if rate is not None:
+                ending.turn_rate.record(rate)
+            if outcome is Outcome.OK:
+                phases = turn.breakdown(ttft)
+                if own_call:  # the rest of a lone stream's wait is the LLM's
+                    phases[PHASE_LLM] = phases.get(PHASE_LLM, 0.0) + phases.pop(PHASE_OTHER)
+                table = tel.ttft_phases
+                for name, seconds in phases.items():
+                    key = ending.phase_key(tel, name)
+                    table.add_key(key, seconds)  # type: ignore[arg-type]  # seconds, not counts
         key = ending.key
         tel.requests.add_key(key, 1)
         if failed:
             tel.errors.add_key(key, 1)
-        tel.active.add_key(started.active_key, -1)
-        tel.summary.record(outcome, latency, ttft, tokens, rate)
-        if self._also is not None:
-            self._also.record(outcome, latency, ttft, tokens, rate)
-
-        if span.is_recording():
-            self._end_attributes(span, ending, exc, tokens if record_tokens else None, ttft)
-        span.end()
-        return outcome
+        tel.summary.record(outcome, latency, ttft, output_tokens or 0, rate,
+                           input_tokens=input_tokens, calls=calls,
+                           tool_calls=turn.tool_calls, phases=phases)
 
     def _labels_from_chunks(self, labels: _LabelSet) -> _LabelSet:
         """``labels`` completed with the model and provider the chunks named,
@@ -512,7 +657,7 @@ class StreamObservation:
         provider = labels.provider or self._provider
         if model == labels.model and provider == labels.provider:
             return labels
-        found = _label_set(self._telemetry, labels.operation, provider, model)
+        found = _label_set(self._telemetry, labels.operation, provider, model, labels.agent)
         span = self._span
         if span.is_recording():
             span.update_name(found.span_name)
@@ -520,15 +665,27 @@ class StreamObservation:
         return found
 
     def _end_attributes(self, span: trace.Span, ending: _Ending, exc: BaseException | None,
-                        tokens: int | None, ttft: float | None) -> None:
+                        tokens: int | None, ttft: float | None, *, turn: Turn | None,
+                        turn_figures: tuple[int | None, int | None] | None) -> None:
         span_attrs: dict[str, Any] = {semconv.OUTCOME: ending.outcome}
-        if tokens is not None:
+        input_tokens = self._input_tokens
+        if turn is not None and turn.calls:  # a turn with calls: what they cost in all
+            tokens, input_tokens = turn_figures or (None, None)
+            if tokens is not None:
+                span_attrs[semconv.USAGE_OUTPUT_TOKENS] = tokens
+        elif tokens is not None:
             span_attrs[semconv.USAGE_OUTPUT_TOKENS] = tokens
             span_attrs[semconv.USAGE_SOURCE] = (
                 "provider" if self._output_tokens is not None else "counted")
+        if turn is not None:
+            span_attrs[semconv.INFERENCE_CALLS] = turn.calls or (
+                1 if self._labels.agent is None else 0)
+            span_attrs[semconv.TOOL_CALLS] = turn.tool_calls
+            span_attrs[semconv.RETRIEVALS] = turn.retrievals
+            span_attrs[semconv.FAILED_CALLS] = turn.failed_calls
         if ttft is not None:
             span_attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
-        for key, value in ((semconv.USAGE_INPUT_TOKENS, self._input_tokens),
+        for key, value in ((semconv.USAGE_INPUT_TOKENS, input_tokens),
                            (semconv.USAGE_CACHE_READ_INPUT_TOKENS, self._cache_read),
                            (semconv.USAGE_CACHE_CREATION_INPUT_TOKENS, self._cache_creation),
                            (semconv.USAGE_REASONING_OUTPUT_TOKENS, self._reasoning),
@@ -590,9 +747,13 @@ def _text_of(chunk: object) -> str | None:  # noqa: PLR0911
 
 
 def _observation(telemetry: Telemetry | None, operation: str, provider: str | None,
-                 model: str | None, also: SummaryStats | None = None) -> StreamObservation:
+                 model: str | None, also: SummaryStats | None = None, *,
+                 agent: str | None = None, leaf: bool = False) -> StreamObservation:
     tel = telemetry if telemetry is not None else get_telemetry()
-    return StreamObservation(tel, _label_set(tel, operation, provider, model), also)
+    if agent is not None:
+        operation = semconv.OPERATION_INVOKE_AGENT
+    return StreamObservation(tel, _label_set(tel, operation, provider, model, agent), also,
+                             leaf=leaf)
 
 
 def observe(
@@ -600,16 +761,20 @@ def observe(
     operation: str = "chat",
     model: str | None = None,
     provider: str | None = None,
+    agent: str | None = None,
     telemetry: Telemetry | None = None,
 ) -> StreamObservation:
-    """A :class:`StreamObservation` for a loop written by hand.
+    """A :class:`StreamObservation` for a loop written by hand, or for one turn
+    of an agent (``agent="name"``: an ``invoke_agent`` span whose LLM calls,
+    tools and retrievals inside the block are counted on it).
 
     >>> with observe(operation="chat", model="gpt-4o") as obs:  # doctest: +SKIP
     ...     for chunk in client.stream(q):
     ...         obs.tokens(1)
     """
-    _check_names(operation, model, provider)
-    return _observation(_check_telemetry_arg(telemetry), operation, provider, model)
+    _check_names(operation, model, provider, agent)
+    return _observation(_check_telemetry_arg(telemetry), operation, provider, model,
+                        agent=agent)
 
 
 def _checked(count: Callable[[Any], int]) -> Callable[[Any], int]:
@@ -670,6 +835,8 @@ async def _observe_async(
             src, it = await aopen(source)
         finally:
             _detach(token)
+        if obs._owns_turn and obs._turn is not None:
+            obs._turn.source = src
         nxt = it.__anext__
         while True:  # until the first chunk that carries output, with the span current
             token = _attach(ctx)  # type: ignore[arg-type]
@@ -764,6 +931,8 @@ def _observe_sync(
             src, it = open_sync(source)
         finally:
             _detach(token)
+        if obs._owns_turn and obs._turn is not None:
+            obs._turn.source = src
         while True:
             token = _attach(ctx)  # type: ignore[arg-type]
             try:
@@ -943,15 +1112,15 @@ class _DeferredStream:
 @overload
 def observe_stream(
     stream: AsyncIterable[T] | Awaitable[AsyncIterable[T]], *, operation: str = ...,
-    model: str | None = ..., provider: str | None = ..., telemetry: Telemetry | None = ...,
-    count_tokens: Callable[[T], int] | None = ...,
+    model: str | None = ..., provider: str | None = ..., agent: str | None = ...,
+    telemetry: Telemetry | None = ..., count_tokens: Callable[[T], int] | None = ...,
 ) -> AsyncGenerator[T, None]: ...
 
 
 @overload
 def observe_stream(
     stream: Iterable[T], *, operation: str = ..., model: str | None = ...,
-    provider: str | None = ..., telemetry: Telemetry | None = ...,
+    provider: str | None = ..., agent: str | None = ..., telemetry: Telemetry | None = ...,
     count_tokens: Callable[[T], int] | None = ...,
 ) -> Generator[T, None, None]: ...
 
@@ -959,7 +1128,7 @@ def observe_stream(
 @overload
 def observe_stream(
     stream: Callable[[], Any], *, operation: str = ..., model: str | None = ...,
-    provider: str | None = ..., telemetry: Telemetry | None = ...,
+    provider: str | None = ..., agent: str | None = ..., telemetry: Telemetry | None = ...,
     count_tokens: Callable[[Any], int] | None = ...,
 ) -> _DeferredStream: ...
 
@@ -970,10 +1139,15 @@ def observe_stream(
     operation: str = "chat",
     model: str | None = None,
     provider: str | None = None,
+    agent: str | None = None,
     telemetry: Telemetry | None = None,
     count_tokens: Callable[[Any], int] | None = None,
 ) -> Any:
     """Wrap ``stream`` so that consuming it records one observed request.
+
+    Outside any other observed stream it is a *turn* (one question answered);
+    started while a turn runs, it is one of that turn's LLM calls. ``agent``:
+    the turn is that agent's (an ``invoke_agent`` span), never an LLM call.
 
     ``stream`` is an async iterable (gives an async generator), an iterable
     (gives a generator), an un-awaited call that returns an async iterable
@@ -985,19 +1159,20 @@ def observe_stream(
     Closing the wrapper closes ``stream``, the source object itself included
     (an SDK stream's ``close()``), so the provider's response is released.
     """
-    _check_names(operation, model, provider)
+    _check_names(operation, model, provider, agent)
     count = _check_count(count_tokens)
     tel = _check_telemetry_arg(telemetry)
     if hasattr(stream, "__aiter__") or (inspect.isawaitable(stream)
                                         and not hasattr(stream, "__iter__")):
-        return _AsyncStream(
-            _observe_async(stream, _observation(tel, operation, provider, model), count))
+        return _AsyncStream(_observe_async(
+            stream, _observation(tel, operation, provider, model, agent=agent), count))
     if hasattr(stream, "__iter__"):
         check_streamed(stream)
-        return _SyncStream(
-            _observe_sync(stream, _observation(tel, operation, provider, model), count))
+        return _SyncStream(_observe_sync(
+            stream, _observation(tel, operation, provider, model, agent=agent), count))
     if callable(stream):
-        return _DeferredStream(stream, _observation(tel, operation, provider, model), count)
+        return _DeferredStream(
+            stream, _observation(tel, operation, provider, model, agent=agent), count)
     raise TypeError("stream must be an iterable, an async iterable, an awaitable of one or a "
                     f"zero-argument factory, got {type(stream).__name__}")
 
@@ -1024,7 +1199,7 @@ def instrument_stream(fn: F, /) -> F: ...
 @overload
 def instrument_stream(
     fn: None = None, /, *, operation: str = ..., model: str | None = ...,
-    provider: str | None = ..., telemetry: Telemetry | None = ...,
+    provider: str | None = ..., agent: str | None = ..., telemetry: Telemetry | None = ...,
     count_tokens: Callable[[Any], int] | None = ...,
 ) -> Callable[[F], F]: ...
 
@@ -1036,6 +1211,7 @@ def instrument_stream(
     operation: str = "chat",
     model: str | None = None,
     provider: str | None = None,
+    agent: str | None = None,
     telemetry: Telemetry | None = None,
     count_tokens: Callable[[Any], int] | None = None,
 ) -> Any:
@@ -1046,7 +1222,7 @@ def instrument_stream(
     checked when applied. The decorated function keeps its name, docstring
     and signature (also for type checkers).
     """
-    _check_names(operation, model, provider)
+    _check_names(operation, model, provider, agent)
     count = _check_count(count_tokens)
     tel = _check_telemetry_arg(telemetry)
 
@@ -1054,14 +1230,14 @@ def instrument_stream(
         if inspect.isasyncgenfunction(func):
             @functools.wraps(func)
             def async_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
-                obs = _observation(tel, operation, provider, model)
+                obs = _observation(tel, operation, provider, model, agent=agent)
                 return _AsyncStream(_observe_async(func(*args, **kwargs), obs, count))
 
             return cast(F, async_wrapper)
         if inspect.isgeneratorfunction(func):
             @functools.wraps(func)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, None, None]:
-                obs = _observation(tel, operation, provider, model)
+                obs = _observation(tel, operation, provider, model, agent=agent)
                 return _SyncStream(_observe_sync(func(*args, **kwargs), obs, count))
 
             return cast(F, sync_wrapper)

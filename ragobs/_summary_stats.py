@@ -57,12 +57,25 @@ class Summary:
     ttft_seconds: Percentiles
     latency_seconds: Percentiles
     in_flight: int
+    #: Per successful turn: input tokens (summed over its calls), LLM calls, tool calls.
+    avg_input_tokens: float | None = None
+    avg_inference_calls: float | None = None
+    avg_tool_calls: float | None = None
+    #: Where the successful turns' time to first chunk went: phase -> mean seconds
+    #: (a stage name, ``ratelimit``, ``llm``, ``other``; they add up to avg TTFT).
+    ttft_breakdown: Mapping[str, float] = field(default_factory=dict)
+    #: The LLM calls, per provider and model.
+    calls: tuple[CallSummary, ...] = ()
 
     @classmethod
     def of(cls, requests: Mapping[Outcome, int], *, avg_ttft_seconds: float | None,
            avg_latency_seconds: float | None, avg_tokens: float | None,
            avg_tokens_per_second: float | None, ttft_seconds: Percentiles,
-           latency_seconds: Percentiles, in_flight: int) -> Summary:
+           latency_seconds: Percentiles, in_flight: int,
+           avg_input_tokens: float | None = None, avg_inference_calls: float | None = None,
+           avg_tool_calls: float | None = None,
+           ttft_breakdown: Mapping[str, float] | None = None,
+           calls: tuple[CallSummary, ...] = ()) -> Summary:
         """The summary of finished ``requests`` by outcome, and these figures.
 
         One rule for every source: ``failed`` is ``error`` + ``timeout``;
@@ -88,10 +101,84 @@ class Summary:
             ttft_seconds=ttft_seconds,
             latency_seconds=latency_seconds,
             in_flight=in_flight,
+            avg_input_tokens=avg_input_tokens,
+            avg_inference_calls=avg_inference_calls,
+            avg_tool_calls=avg_tool_calls,
+            ttft_breakdown=dict(ttft_breakdown or {}),
+            calls=calls,
         )
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        out = asdict(self)
+        out["ttft_breakdown"] = dict(self.ttft_breakdown)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    """The LLM calls of one provider and model (what the provider did, apart
+    from the turns they served). Averages are over successful calls."""
+
+    provider: str | None
+    model: str | None
+    calls: int
+    failed: int
+    avg_ttft_seconds: float | None
+    avg_latency_seconds: float | None
+    input_tokens: int
+    output_tokens: int
+
+
+class CallStats:
+    """Running totals of LLM calls per (provider, model), thread-safe.
+
+    Rows are bounded by ``max_rows`` (the label guard caps the names that
+    reach here); later combinations are counted under ``(_OTHER, _OTHER)``.
+    """
+
+    __slots__ = ("_lock", "_max_rows", "_rows")
+
+    def __init__(self, max_rows: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._max_rows = max_rows
+        #: (provider, model) -> [calls, failed, ok, ttft_sum, ttft_n, latency_sum, in, out]
+        self._rows: dict[tuple[str | None, str | None], list[float]] = {}
+
+    def record(self, provider: str | None, model: str | None, outcome: Outcome, *,
+               latency: float, ttft: float | None, input_tokens: int | None,
+               output_tokens: int | None) -> None:
+        with self._lock:
+            rows = self._rows
+            key = (provider, model)
+            row = rows.get(key)
+            if row is None:
+                if len(rows) >= self._max_rows:
+                    key = (OTHER, OTHER)
+                    row = rows.get(key)
+                if row is None:
+                    row = rows[key] = [0, 0, 0, 0.0, 0, 0.0, 0, 0]
+            row[0] += 1
+            if outcome is Outcome.ERROR or outcome is Outcome.TIMEOUT:
+                row[1] += 1
+            if outcome is Outcome.OK:
+                row[2] += 1
+                row[5] += latency
+                if ttft is not None:
+                    row[3] += ttft
+                    row[4] += 1
+            row[6] += input_tokens or 0
+            row[7] += output_tokens or 0
+
+    def snapshot(self) -> tuple[CallSummary, ...]:
+        with self._lock:
+            rows = [(key, list(row)) for key, row in self._rows.items()]
+        return tuple(
+            CallSummary(provider=provider, model=model, calls=int(row[0]), failed=int(row[1]),
+                        avg_ttft_seconds=row[3] / row[4] if row[4] else None,
+                        avg_latency_seconds=row[5] / row[2] if row[2] else None,
+                        input_tokens=int(row[6]), output_tokens=int(row[7]))
+            for (provider, model), row in sorted(rows, key=lambda r: (-r[1][0], str(r[0])))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,15 +261,20 @@ class SummaryStats:
     """
 
     __slots__ = (
+        "_calls_sum",
         "_counts",
         "_in_flight",
+        "_input_n",
+        "_input_sum",
         "_latency_sketch",
         "_latency_sum",
         "_lock",
+        "_phases",
         "_rate_n",
         "_rate_sum",
         "_stages",
         "_tokens_sum",
+        "_tools_sum",
         "_ttft_n",
         "_ttft_sketch",
         "_ttft_sum",
@@ -201,6 +293,11 @@ class SummaryStats:
         self._latency_sketch = QuantileSketch()
         self._in_flight = 0
         self._stages: dict[str, tuple[int, float]] = {}
+        self._input_sum = 0
+        self._input_n = 0
+        self._calls_sum = 0
+        self._tools_sum = 0
+        self._phases: dict[str, float] = {}
 
     def started(self) -> None:
         with self._lock:
@@ -213,13 +310,30 @@ class SummaryStats:
         ttft: float | None,
         tokens: int,
         tokens_per_second: float | None,
+        *,
+        input_tokens: int | None = None,
+        calls: int = 1,
+        tool_calls: int = 0,
+        phases: Mapping[str, float] | None = None,
     ) -> None:
-        """Count one finished request (call :meth:`started` before it)."""
+        """Count one finished request, a turn (call :meth:`started` before it):
+        ``tokens`` and ``input_tokens`` are what it cost over its ``calls``
+        LLM calls; ``phases`` where its TTFT went."""
         with self._lock:
             self._in_flight -= 1
             self._counts[outcome] += 1
             if outcome is not Outcome.OK:
                 return
+            if input_tokens is not None:
+                self._input_sum += input_tokens
+                self._input_n += 1
+            self._calls_sum += calls
+            self._tools_sum += tool_calls
+            if phases:
+                held = self._phases
+                for phase, seconds in phases.items():
+                    name = phase if phase in held or len(held) < MAX_STAGES else OTHER
+                    held[name] = held.get(name, 0.0) + seconds
             self._latency_sum += latency
             self._latency_sketch.add(latency)
             self._tokens_sum += tokens
@@ -260,9 +374,11 @@ class SummaryStats:
                 stages=dict(self._stages),
             )
 
-    def snapshot(self) -> Summary:
+    def snapshot(self, calls: tuple[CallSummary, ...] = ()) -> Summary:
+        """The summary now; ``calls``: the LLM calls' table to include."""
         with self._lock:
             ok = self._counts[Outcome.OK]
+            ttft_n = self._ttft_n
             return Summary.of(
                 self._counts,
                 avg_ttft_seconds=self._ttft_sum / self._ttft_n if self._ttft_n else None,
@@ -272,6 +388,12 @@ class SummaryStats:
                 ttft_seconds=_percentiles(self._ttft_sketch),
                 latency_seconds=_percentiles(self._latency_sketch),
                 in_flight=self._in_flight,
+                avg_input_tokens=self._input_sum / self._input_n if self._input_n else None,
+                avg_inference_calls=self._calls_sum / ok if ok else None,
+                avg_tool_calls=self._tools_sum / ok if ok else None,
+                ttft_breakdown={name: seconds / ttft_n for name, seconds in
+                                sorted(self._phases.items())} if ttft_n else {},
+                calls=calls,
             )
 
 

@@ -21,7 +21,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 
 from ragobs import semconv
 from ragobs._labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES, LabelGuard, SeriesGuard
-from ragobs._summary_stats import SummaryStats
+from ragobs._summary_stats import CallStats, SummaryStats
 from ragobs._version import __version__
 from ragobs.semconv import InstrumentSpec, Kind
 
@@ -56,7 +56,8 @@ class Tally:
 
 
 class CounterTable:
-    """Exact cumulative counts per attribute set, read by an observable instrument.
+    """Exact cumulative counts (or sums of seconds) per attribute set, read by an
+    observable instrument.
 
     Adding is a locked dict update (sub-microsecond), so per-request counters
     cost far less than a synchronous SDK ``Counter.add``; the SDK reads the
@@ -245,11 +246,13 @@ class Telemetry:
         self.labels = LabelGuard(max_label_values)
         self.series = SeriesGuard(max_series)
         self.summary = summary if summary is not None else SummaryStats()
+        #: The LLM calls per provider and model, beside the summary of turns.
+        self.calls = CallStats(max_series)
         self.capture_content = capture_content
         self.exemplars = exemplars
         #: The stream module's memo of attribute dicts per (operation,
         #: provider, model); it caps the size.
-        self.label_sets: dict[tuple[str, str | None, str | None], _LabelSet] = {}
+        self.label_sets: dict[tuple[str, str | None, str | None, str | None], _LabelSet] = {}
         shared = _instruments_for(meter_provider)
         self._instruments = shared.instruments
         self._tables = shared.tables
@@ -262,6 +265,15 @@ class Telemetry:
         self.token_usage: Histogram = self.histogram(semconv.TOKEN_USAGE)
         self.output_token_rate: Histogram = self.histogram(semconv.OUTPUT_TOKEN_RATE)
         self.stage_duration: Histogram = self.histogram(semconv.STAGE_DURATION)
+        self.turn_duration: Histogram = self.histogram(semconv.TURN_DURATION)
+        self.turn_time_to_first_chunk: Histogram = self.histogram(
+            semconv.TURN_TIME_TO_FIRST_CHUNK)
+        self.turn_token_usage: Histogram = self.histogram(semconv.TURN_TOKEN_USAGE)
+        self.turn_output_token_rate: Histogram = self.histogram(semconv.TURN_OUTPUT_TOKEN_RATE)
+        self.turn_inference_calls: Histogram = self.histogram(semconv.TURN_INFERENCE_CALLS)
+        self.turn_tool_calls: Histogram = self.histogram(semconv.TURN_TOOL_CALLS)
+        #: Sums of seconds, not counts: the table adds whatever number it is given.
+        self.ttft_phases = self.counter(semconv.TURN_TTFT_PHASES)
 
     def histogram(self, spec: InstrumentSpec) -> Histogram:
         """The histogram declared by ``spec`` (see :mod:`ragobs.semconv`)."""

@@ -14,7 +14,9 @@ from enum import StrEnum
 from typing import Final
 
 __all__ = [
+    "AGENT_NAME",
     "ALL_INSTRUMENTS",
+    "CALLS_BUCKETS",
     "DATA_SOURCE_ID",
     "DURATION_BUCKETS",
     "ERRORS",
@@ -29,15 +31,21 @@ __all__ = [
     "EVENT_RETRY",
     "EVENT_RETRY_EXHAUSTED",
     "EVENT_TIMEOUT",
+    "FAILED_CALLS",
     "FALLBACKS",
     "FALLBACK_PARTIAL",
+    "INFERENCE_CALLS",
     "NAME",
     "OPERATION_DURATION",
+    "OPERATION_EXECUTE_TOOL",
+    "OPERATION_INVOKE_AGENT",
     "OPERATION_NAME",
+    "OPERATION_RETRIEVAL",
     "OTHER",
     "OUTCOME",
     "OUTPUT_MESSAGES",
     "OUTPUT_TOKEN_RATE",
+    "PHASE",
     "PROVIDER_NAME",
     "PUSH_DROPPED",
     "RATELIMIT_ACQUISITIONS",
@@ -59,6 +67,9 @@ __all__ = [
     "RESPONSE_ID",
     "RESPONSE_MODEL",
     "RESPONSE_TIME_TO_FIRST_CHUNK",
+    "RETRIEVALS",
+    "RETRIEVAL_DOCUMENTS",
+    "RETRIEVAL_TOP_K",
     "RETRY_AFTER_S",
     "RETRY_ATTEMPT",
     "RETRY_ATTEMPTS",
@@ -82,6 +93,16 @@ __all__ = [
     "TOKEN_TYPE",
     "TOKEN_USAGE",
     "TOKEN_USAGE_BUCKETS",
+    "TOOL_CALLS",
+    "TOOL_CALL_ID",
+    "TOOL_NAME",
+    "TURN_DURATION",
+    "TURN_INFERENCE_CALLS",
+    "TURN_OUTPUT_TOKEN_RATE",
+    "TURN_TIME_TO_FIRST_CHUNK",
+    "TURN_TOKEN_USAGE",
+    "TURN_TOOL_CALLS",
+    "TURN_TTFT_PHASES",
     "USAGE_CACHE_CREATION_INPUT_TOKENS",
     "USAGE_CACHE_READ_INPUT_TOKENS",
     "USAGE_INPUT_TOKENS",
@@ -117,6 +138,27 @@ RESPONSE_ID: Final = "gen_ai.response.id"
 RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 #: Opt-in only (``capture_content=True``): the answer text, as GenAI semconv messages.
 OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
+
+#: Turns that are agents: ``invoke_agent {gen_ai.agent.name}`` spans.
+AGENT_NAME: Final = "gen_ai.agent.name"
+TOOL_NAME: Final = "gen_ai.tool.name"
+TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+RETRIEVAL_TOP_K: Final = "gen_ai.retrieval.top_k"
+#: Documents a retrieval returned (the conventions have no attribute for the count).
+RETRIEVAL_DOCUMENTS: Final = "ragobs.retrieval.documents"
+#: On a turn's span: the inference calls, tool calls and retrievals it made.
+INFERENCE_CALLS: Final = "ragobs.turn.inference_calls"
+TOOL_CALLS: Final = "ragobs.turn.tool_calls"
+RETRIEVALS: Final = "ragobs.turn.retrievals"
+FAILED_CALLS: Final = "ragobs.turn.failed_calls"
+#: Where a turn's time to first chunk went: a stage name, ``ratelimit``,
+#: ``llm`` (LLM requests up to their first chunk) or ``other``.
+PHASE: Final = "ragobs.phase"
+
+#: gen_ai.operation.name values of the agent conventions.
+OPERATION_INVOKE_AGENT: Final = "invoke_agent"
+OPERATION_EXECUTE_TOOL: Final = "execute_tool"
+OPERATION_RETRIEVAL: Final = "retrieval"
 
 OUTCOME: Final = "ragobs.outcome"
 #: Where a stream's token figures came from: ``provider`` (the usage the
@@ -206,6 +248,8 @@ TIME_PER_OUTPUT_CHUNK_BUCKETS: Final = (
 TOKEN_USAGE_BUCKETS: Final = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )
+#: GenAI semconv advice for gen_ai.invoke_agent.inference_calls / tool_calls.
+CALLS_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128)
 #: Output tokens per second ({token}/s); 20/s is the seed's target.
 TOKEN_RATE_BUCKETS: Final = (1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 500, 1000)
 #: Waits in front of a rate limiter, up to the usual one-minute window.
@@ -255,24 +299,64 @@ TOKEN_USAGE = InstrumentSpec(
     TOKEN_USAGE_BUCKETS, "gen_ai_client_token_usage",
 )
 OUTPUT_TOKEN_RATE = InstrumentSpec(
-    "ragobs._stream.output_tokens", Kind.HISTOGRAM, "{token}/s",
-    "Output tokens per second of one stream, over the time from its first to its last chunk.",
+    "ragobs.stream.output_tokens", Kind.HISTOGRAM, "{token}/s",
+    "Output tokens per second of one LLM call, over the time from its first to its last chunk.",
     TOKEN_RATE_BUCKETS, "ragobs_stream_output_tokens_per_second",
 )
+
+# --- turns: one question answered (the seed's "request") ------------------------
+
 REQUESTS = InstrumentSpec(
     "ragobs.requests", Kind.COUNTER, "{request}",
-    "Finished requests by ragobs.outcome (ok, error, timeout, cancelled).",
+    "Finished turns (questions answered, whatever LLM calls each made) by ragobs.outcome "
+    "(ok, error, timeout, cancelled).",
     None, "ragobs_requests_total",
 )
 ERRORS = InstrumentSpec(
     "ragobs.errors", Kind.COUNTER, "{error}",
-    "Failed requests (outcome error or timeout) by error.type.",
+    "Failed turns (outcome error or timeout) by error.type.",
     None, "ragobs_errors_total",
 )
 REQUESTS_ACTIVE = InstrumentSpec(
     "ragobs.requests.active", Kind.UP_DOWN_COUNTER, "{request}",
-    "Requests in flight.",
+    "Turns in flight.",
     None, "ragobs_requests_active",
+)
+TURN_DURATION = InstrumentSpec(
+    "ragobs.turn.duration", Kind.HISTOGRAM, "s",
+    "Time from the question to the turn's last chunk, whatever its outcome.",
+    DURATION_BUCKETS, "ragobs_turn_duration_seconds",
+)
+TURN_TIME_TO_FIRST_CHUNK = InstrumentSpec(
+    "ragobs.turn.time_to_first_chunk", Kind.HISTOGRAM, "s",
+    "Time from the question to the first output chunk the user received.",
+    DURATION_BUCKETS, "ragobs_turn_time_to_first_chunk_seconds",
+)
+TURN_TOKEN_USAGE = InstrumentSpec(
+    "ragobs.turn.token.usage", Kind.HISTOGRAM, "{token}",
+    "Tokens one turn cost, summed over its LLM calls (provider usage), by gen_ai.token.type.",
+    TOKEN_USAGE_BUCKETS, "ragobs_turn_token_usage",
+)
+TURN_OUTPUT_TOKEN_RATE = InstrumentSpec(
+    "ragobs.turn.output_tokens", Kind.HISTOGRAM, "{token}/s",
+    "Output tokens per second the user received in one turn, from its first to its last chunk.",
+    TOKEN_RATE_BUCKETS, "ragobs_turn_output_tokens_per_second",
+)
+TURN_INFERENCE_CALLS = InstrumentSpec(
+    "ragobs.turn.inference_calls", Kind.HISTOGRAM, "{call}",
+    "LLM calls made by one turn (as gen_ai.invoke_agent.inference_calls, for every turn).",
+    CALLS_BUCKETS, "ragobs_turn_inference_calls",
+)
+TURN_TOOL_CALLS = InstrumentSpec(
+    "ragobs.turn.tool_calls", Kind.HISTOGRAM, "{call}",
+    "Tool calls made by one turn (as gen_ai.invoke_agent.tool_calls, for every turn).",
+    CALLS_BUCKETS, "ragobs_turn_tool_calls",
+)
+TURN_TTFT_PHASES = InstrumentSpec(
+    "ragobs.turn.time_to_first_chunk.phase", Kind.COUNTER, "s",
+    "Where successful turns' time to first chunk went, by ragobs.phase (a stage, ratelimit, "
+    "llm, other); divide by the turns' TTFT count for the mean per turn.",
+    None, "ragobs_turn_time_to_first_chunk_phase_seconds_total",
 )
 STAGE_DURATION = InstrumentSpec(
     "ragobs.stage.duration", Kind.HISTOGRAM, "s",
@@ -339,7 +423,9 @@ PUSH_DROPPED = InstrumentSpec(
 
 ALL_INSTRUMENTS: Final = (
     OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK, TOKEN_USAGE,
-    OUTPUT_TOKEN_RATE, REQUESTS, ERRORS, REQUESTS_ACTIVE, STAGE_DURATION,
+    OUTPUT_TOKEN_RATE, REQUESTS, ERRORS, REQUESTS_ACTIVE, TURN_DURATION,
+    TURN_TIME_TO_FIRST_CHUNK, TURN_TOKEN_USAGE, TURN_OUTPUT_TOKEN_RATE, TURN_INFERENCE_CALLS,
+    TURN_TOOL_CALLS, TURN_TTFT_PHASES, STAGE_DURATION,
     RATELIMIT_WAIT, RATELIMIT_ACQUISITIONS, RATELIMIT_REJECTIONS, RATELIMIT_BACKEND_ERRORS,
     RETRY_ATTEMPTS, RETRY_DELAY, RETRY_EXHAUSTED, TIMEOUTS, FALLBACKS, PUSH_DROPPED,
 )

@@ -29,7 +29,7 @@ from ragobs._runtime import setup
 from ragobs._server.app import create_app
 from ragobs._summary import StreamingMetrics
 from ragobs._summary import format_dashboard as summary_format_dashboard
-from ragobs._summary_stats import Percentiles, Summary, SummaryStats
+from ragobs._summary_stats import CallSummary, Percentiles, Summary, SummaryStats
 from ragobs._telemetry import Telemetry
 from ragobs._version import __version__
 from ragobs.demo.runner import dashboard
@@ -44,6 +44,7 @@ SUMMARY_KEYS = [
     "total_requests", "successful", "failed", "cancelled", "timeouts", "success_rate",
     "failure_rate", "avg_ttft_seconds", "avg_latency_seconds", "avg_tokens",
     "avg_tokens_per_second", "ttft_seconds", "latency_seconds", "in_flight",
+    "avg_input_tokens", "avg_inference_calls", "avg_tool_calls", "ttft_breakdown", "calls",
     "service", "version", "uptime_seconds",
 ]
 RESILIENCE_KEYS = [
@@ -260,7 +261,9 @@ def base_report() -> Report:
             success_rate=0.756, failure_rate=0.171, avg_ttft_seconds=0.25,
             avg_latency_seconds=1.5, avg_tokens=42.0, avg_tokens_per_second=28.0,
             ttft_seconds=Percentiles(0.2, 0.6, 0.9), latency_seconds=Percentiles(1.2, 2.5, 3.5),
-            in_flight=5),
+            in_flight=5, avg_input_tokens=812.0, avg_inference_calls=2.0, avg_tool_calls=0.5,
+            ttft_breakdown={"route": 0.05, "retrieve": 0.07, "llm": 0.12, "other": 0.01},
+            calls=(CallSummary("openai", "gpt-4o", 62, 3, 0.11, 0.9, 50344, 2604),)),
         resilience=ResilienceCounts(*range(11, 11 + len(dataclasses.fields(ResilienceCounts)))),
         service="svc", version="9.9.9", uptime_seconds=12.0)
 
@@ -292,6 +295,10 @@ def changed(obj: Any, path: str) -> Any:
         new = value + 1.0
     elif isinstance(value, str):
         new = value + "-changed"
+    elif isinstance(value, dict):
+        new = {k: v + 1.0 for k, v in value.items()}
+    elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        new = tuple(dataclasses.replace(row, calls=row.calls + 1) for row in value)
     else:
         raise AssertionError(f"{path}: no change for a {type(value).__name__}")
     return dataclasses.replace(obj, **{name: new})

@@ -30,6 +30,7 @@ import functools
 import inspect
 import itertools
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Final, Generic, Self, TypeVar, cast
 
@@ -38,6 +39,7 @@ from opentelemetry.util.types import AttributeValue
 from ragobs import semconv
 from ragobs._events import emit
 from ragobs._telemetry import Telemetry, get_telemetry
+from ragobs._turn import PHASE_RATELIMIT, current_turn, in_phase
 from ragobs.clock import Cancellable, Clock
 from ragobs.errors import RateLimiterUnavailable, RateLimitTimeout
 from ragobs.resilience._checks import _describe, _in_range
@@ -140,7 +142,12 @@ class LimiterReport:
              details=False)  # the seed's line, word for word
 
     def waited(self, seconds: float) -> None:
-        """An acquisition granted after waiting ``seconds``."""
+        """An acquisition granted after waiting ``seconds`` (a ``ratelimit``
+        phase of the turn it waited in, when it waited directly inside one)."""
+        turn = current_turn()
+        if turn is not None and not in_phase():
+            now = time.perf_counter()
+            turn.phase(PHASE_RATELIMIT, now - seconds, now)
         keys = self._resolve()
         keys.acquisitions.add_key(keys.waited)
         keys.telemetry.histogram(semconv.RATELIMIT_WAIT).record(
