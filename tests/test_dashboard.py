@@ -45,17 +45,29 @@ PROMETHEUS_URL = "http://prometheus:9090"
 #: Template variables filtering the panels, and the Prometheus label each one selects.
 FILTERS = {"service": "service_name", "model": "gen_ai_request_model",
            "operation": "gen_ai_operation_name"}
-#: Metrics recorded per request: they carry model and operation labels besides the service.
-REQUEST_METRICS = (
+#: Metrics of the LLM calls (per provider and model).
+CALL_METRICS = (
     "gen_ai_client_operation_duration_seconds",
     "gen_ai_client_operation_time_to_first_chunk_seconds",
     "gen_ai_client_operation_time_per_output_chunk_seconds",
     "gen_ai_client_token_usage",
     "ragobs_stream_output_tokens_per_second",
+)
+#: Metrics of the turns (requests: one question answered), what the summary row reads.
+TURN_METRICS = (
     "ragobs_requests_total",
     "ragobs_errors_total",
     "ragobs_requests_active",
+    "ragobs_turn_duration_seconds",
+    "ragobs_turn_time_to_first_chunk_seconds",
+    "ragobs_turn_token_usage",
+    "ragobs_turn_output_tokens_per_second",
+    "ragobs_turn_inference_calls",
+    "ragobs_turn_tool_calls",
+    "ragobs_turn_time_to_first_chunk_phase_seconds_total",
 )
+#: Metrics recorded per call or turn: they carry model and operation labels besides the service.
+REQUEST_METRICS = CALL_METRICS + TURN_METRICS
 
 #: The summary row: title -> per refId, the /api/summary key and how to scale it.
 SUMMARY_FIGURES: dict[str, dict[str, tuple[str, float]]] = {
@@ -275,6 +287,59 @@ def test_summary_row_reproduces_the_seed_dashboard_with_its_targets() -> None:
             # The seed's averages are over successful requests only.
             for _, matchers in SELECTOR.findall(p["targets"][0]["expr"]):
                 assert 'ragobs_outcome="ok"' in matchers, p["title"]
+
+
+def rows(dashboard: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Row title -> the panels laid out under it (up to the next row)."""
+    starts = sorted((p["gridPos"]["y"], p["title"]) for p in dashboard["panels"]
+                    if p["type"] == "row")
+    found: dict[str, list[dict[str, Any]]] = {title: [] for _, title in starts}
+    for p in data_panels(dashboard):
+        y = p["gridPos"]["y"]
+        title = [t for start, t in starts if start < y][-1]
+        found[title].append(p)
+    return found
+
+
+def metrics_of(p: dict[str, Any]) -> set[str]:
+    return {base_metric(metric) for t in p["targets"] for metric, _ in SELECTOR.findall(t["expr"])}
+
+
+def test_requests_are_turns_and_llm_calls_have_their_own_row() -> None:
+    """The summary row and the user-facing percentiles read the turn metrics;
+    the LLM calls row reads the GenAI call metrics, ragobs's own series only."""
+    dashboard = load_dashboard()
+    by_row = rows(dashboard)
+    summary_row = next(title for title in by_row if title.startswith("Summary"))
+    for p in by_row[summary_row]:
+        assert metrics_of(p) <= set(TURN_METRICS), p["title"]
+    for title in ("Time to first token p50 / p95 / p99", "Latency p50 / p95 / p99",
+                  "Tokens/sec per request"):
+        assert metrics_of(panel(dashboard, title)) <= set(TURN_METRICS), title
+    assert metrics_of(panel(dashboard, "Avg TTFT")) == {"ragobs_turn_time_to_first_chunk_seconds"}
+    assert metrics_of(panel(dashboard, "Avg Latency")) == {"ragobs_turn_duration_seconds"}
+    assert metrics_of(panel(dashboard, "Avg Tokens")) == {"ragobs_turn_token_usage"}
+    assert metrics_of(panel(dashboard, "Avg Tokens/sec")) == {
+        "ragobs_turn_output_tokens_per_second"}
+
+    calls = by_row["LLM calls (per provider and model)"]
+    assert len(calls) >= 5
+    for p in calls:
+        assert metrics_of(p) <= set(CALL_METRICS), p["title"]
+        for t in p["targets"]:
+            assert re.search(r"by \([^)]*gen_ai_request_model", t["expr"]), p["title"]
+            for _, matchers in SELECTOR.findall(t["expr"]):
+                # Other GenAI instrumentations record the same names, without an outcome.
+                assert "ragobs_outcome" in matchers, p["title"]
+    turns = next(ps for title, ps in by_row.items() if title.startswith("Turns"))
+    used = set().union(*(metrics_of(p) for p in turns))
+    assert {"ragobs_turn_inference_calls", "ragobs_turn_tool_calls",
+            "ragobs_turn_time_to_first_chunk_phase_seconds_total"} <= used
+    (phases,) = [t["expr"] for p in turns for t in p["targets"] if "phase" in t["expr"]]
+    assert phases.startswith("sum by (ragobs_phase)") and "/ scalar(" in phases
+    # Every turn metric but the gauge has a panel somewhere.
+    everywhere = set().union(*(metrics_of(p) for p in data_panels(dashboard)))
+    assert set(TURN_METRICS) <= everywhere
 
 
 def test_time_series_use_rate_interval_and_bucket_quantiles() -> None:

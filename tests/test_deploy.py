@@ -647,9 +647,9 @@ LIVE_RECORDS = (
     "service_model:ragobs_requests_success:ratio_rate5m",
     "service_model:ragobs_requests_failure:ratio_rate5m",
     "service_model:ragobs_requests:rate1h",
-    "service_model:gen_ai_client_operation_time_to_first_chunk_seconds:p95_rate5m",
-    "service_model:gen_ai_client_operation_duration_seconds:p95_rate5m",
-    "service_model:ragobs_stream_output_tokens_per_second:mean5m",
+    "service_model:ragobs_turn_time_to_first_chunk_seconds:p95_rate5m",
+    "service_model:ragobs_turn_duration_seconds:p95_rate5m",
+    "service_model:ragobs_turn_output_tokens_per_second:mean5m",
 )
 
 

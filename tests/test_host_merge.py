@@ -467,6 +467,26 @@ async def test_host_metrics_equal_the_in_process_metrics(
             expected_mean = sum(getattr(p, field) * p.successful for p in parts) / ok
             assert math.isclose(getattr(host_figures, field), expected_mean, rel_tol=1e-9), field
         assert host_figures.success_rate == pytest.approx(ok / host_figures.total_requests)
+        for field in ("avg_inference_calls", "avg_tool_calls"):  # per turn, ok turns
+            expected_mean = sum(getattr(p, field) * p.successful for p in parts) / ok
+            assert math.isclose(getattr(host_figures, field), expected_mean, rel_tol=1e-9), field
+        assert host_figures.avg_inference_calls == 1.0  # lone streams: turns of one call
+        phases = {name for p in parts for name in p.ttft_breakdown}
+        assert phases and host_figures.ttft_breakdown.keys() == phases
+        for name in phases:  # every ok turn here has a TTFT: weights are the ok counts
+            expected_mean = sum(p.ttft_breakdown.get(name, 0.0) * p.successful
+                                for p in parts) / ok
+            assert math.isclose(host_figures.ttft_breakdown[name], expected_mean,
+                                rel_tol=1e-9), name
+        local_calls: dict[Any, list[float]] = {}
+        for runtime in runtimes:
+            for row in runtime.telemetry.calls.snapshot():
+                held = local_calls.setdefault((row.provider, row.model), [0, 0, 0, 0])
+                for i, v in enumerate((row.calls, row.failed, row.input_tokens,
+                                       row.output_tokens)):
+                    held[i] += v
+        assert {(r.provider, r.model): [r.calls, r.failed, r.input_tokens, r.output_tokens]
+                for r in host_figures.calls} == local_calls
         bounds = semconv.DURATION_BUCKETS
         for q in ("p50", "p95", "p99"):  # estimated from buckets: within the true one's
             true = max(getattr(p.latency_seconds, q) for p in parts)

@@ -2,9 +2,9 @@
 
 :class:`HostHistorySource` gives :class:`ragobs._history.History` its samples
 from a :class:`~ragobs._host.merge.HostMetrics`: the same cumulative totals a
-single process's :class:`~ragobs._history.InProcessSource` gives, computed as
-:func:`~ragobs._host.report.host_figures` does, with the TTFT and latency
-distributions as :class:`~ragobs._history.ExplicitBuckets` on ragobs's
+single process's :class:`~ragobs._history.InProcessSource` gives (requests
+are turns), computed as :func:`~ragobs._host.report.host_figures` does, with
+the turns' TTFT and latency distributions as :class:`~ragobs._history.ExplicitBuckets` on ragobs's
 declared buckets (so two samples always subtract).
 """
 
@@ -41,7 +41,7 @@ class HostHistorySource:
         return RawSample(
             requests=figures.requests,
             output_tokens=0.0 if tokens is None else tokens.sum,
-            ttft=_buckets(figures.ttft, semconv.TIME_TO_FIRST_CHUNK_BUCKETS),
+            ttft=_buckets(figures.ttft, semconv.DURATION_BUCKETS),
             latency=_buckets(figures.duration, semconv.DURATION_BUCKETS),
             in_flight=figures.in_flight,
             rate_sum=0.0 if rate is None else rate.sum,

@@ -7,24 +7,32 @@ a single process's ``/api/summary`` shows, from the series a
 panel) work for the host. :class:`HostReporter` builds whole
 :class:`~ragobs._report.Report` objects (resilience counts included).
 
-Where each figure comes from, for a ragobs producer (one that pushes
-``ragobs.requests``):
+Requests are turns (one question answered, whatever LLM calls it made), as
+in a single process. Where each figure comes from, for a ragobs producer (one
+that pushes ``ragobs.requests``):
 
 * counts: ``ragobs.requests`` by ``ragobs.outcome`` (exact);
-* averages: histogram sum / count over ``ragobs.outcome="ok"`` series of
-  ``gen_ai.client.operation.duration``, ``..time_to_first_chunk``,
-  ``gen_ai.client.token.usage`` (``gen_ai.token.type="output"``) and
-  ``ragobs._stream.output_tokens`` (exact: a histogram's sum and count are);
+* averages: histogram sum / count over ``ragobs.outcome="ok"`` series of the
+  turn instruments ``ragobs.turn.duration``, ``..time_to_first_chunk``,
+  ``ragobs.turn.token.usage`` (by ``gen_ai.token.type``),
+  ``ragobs.turn.output_tokens``, ``..inference_calls`` and ``..tool_calls``
+  (exact: a histogram's sum and count are); the TTFT breakdown is
+  ``ragobs.turn.time_to_first_chunk.phase`` by ``ragobs.phase`` over the
+  count of successful turns' TTFT;
 * percentiles: estimated from the merged buckets of the "ok" series (see
   :func:`histogram_quantile`), so they are as fine as the buckets, where a
   single process's sketch is within 1 %;
-* in flight: the sum of ``ragobs.requests.active``.
+* in flight: the sum of ``ragobs.requests.active``;
+* the LLM calls' table: the GenAI client instruments
+  (``gen_ai.client.operation.duration``, ``..time_to_first_chunk``,
+  ``gen_ai.client.token.usage``) by provider and model.
 
 Any other OpenTelemetry agent that records the GenAI semconv metrics (an
 agent in another language) counts too: for a service that pushes no
 ``ragobs.requests``, requests are the ``gen_ai.client.operation.duration``
 records, failed when they carry ``error.type`` and successful otherwise
-(cancellations, timeouts and in-flight requests are then unknown: zero).
+(cancellations, timeouts and in-flight requests are then unknown: zero), and
+their figures come from the GenAI instruments.
 """
 
 from __future__ import annotations
@@ -33,13 +41,13 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from ragobs import semconv
 from ragobs._host.merge import HistogramValue, HostMetrics, HostSnapshot, SeriesSnapshot
 from ragobs._report import Report, ResilienceCounts
-from ragobs._summary_stats import QUANTILES, Percentiles, Summary
+from ragobs._summary_stats import QUANTILES, CallSummary, Percentiles, Summary
 from ragobs.semconv import Outcome
 
 __all__ = [
@@ -147,7 +155,7 @@ def _ragobs_services(snapshot: HostSnapshot) -> set[str | None]:
 class HostFigures:
     """The host-wide totals behind :func:`host_summary` and the history charts.
 
-    Histograms are over successful requests ("ok": ``ragobs.outcome="ok"``
+    Histograms are over successful requests (turns; "ok": ``ragobs.outcome="ok"``
     for ragobs producers, no ``error.type`` for other agents), merged into one.
     """
 
@@ -159,11 +167,20 @@ class HostFigures:
     ttft: HistogramValue | None
     #: output tokens per successful request (``gen_ai.token.type="output"``)
     output_tokens: HistogramValue | None
-    #: per-stream output tokens/s
+    #: per-request output tokens/s
     rate: HistogramValue | None
     in_flight: int
     #: RAG stage -> (runs, total seconds), every outcome
-    stages: Mapping[str, tuple[int, float]]
+    stages: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    #: input tokens per successful request
+    input_tokens: HistogramValue | None = None
+    #: LLM calls and tool calls per successful request
+    inference_calls: HistogramValue | None = None
+    tool_calls: HistogramValue | None = None
+    #: ``ragobs.phase`` -> seconds of the successful requests' time to first chunk
+    phases: Mapping[str, float] = field(default_factory=dict)
+    #: the LLM calls per (provider, model)
+    calls: tuple[CallSummary, ...] = ()
 
 
 def host_figures(source: HostMetrics | HostSnapshot, *, declared_bounds: bool = False
@@ -177,10 +194,22 @@ def host_figures(source: HostMetrics | HostSnapshot, *, declared_bounds: bool = 
     snapshot = source.snapshot() if isinstance(source, HostMetrics) else source
     ragobs_services = _ragobs_services(snapshot)
 
+    def ragobs(series: SeriesSnapshot) -> bool:
+        return series.service in ragobs_services
+
     def ok(series: SeriesSnapshot) -> bool:
-        if series.service in ragobs_services:
+        if ragobs(series):
             return series.attributes.get(semconv.OUTCOME) == Outcome.OK.value
         return semconv.ERROR_TYPE not in series.attributes
+
+    def failed(series: SeriesSnapshot) -> bool:
+        if ragobs(series):
+            return series.attributes.get(semconv.OUTCOME) in (
+                Outcome.ERROR.value, Outcome.TIMEOUT.value)
+        return semconv.ERROR_TYPE in series.attributes
+
+    def output(series: SeriesSnapshot) -> bool:
+        return series.attributes.get(semconv.TOKEN_TYPE) == semconv.TokenType.OUTPUT.value
 
     def model(series: SeriesSnapshot) -> str | None:
         value = series.attributes.get(semconv.REQUEST_MODEL)
@@ -190,6 +219,14 @@ def host_figures(source: HostMetrics | HostSnapshot, *, declared_bounds: bool = 
                    ) -> list[HistogramValue]:
         return [s.value for s in _series(snapshot, name)
                 if isinstance(s.value, HistogramValue) and keep(s)]
+
+    def turns(turn: str, call: str | None = None,
+              keep: Callable[[SeriesSnapshot], bool] = ok) -> list[HistogramValue]:
+        """Successful turns of ragobs producers; other agents' calls are their turns."""
+        found = histograms(turn, lambda s: ragobs(s) and keep(s))
+        if call is not None:
+            found += histograms(call, lambda s: not ragobs(s) and keep(s))
+        return found
 
     by_model: dict[tuple[str | None, str], int] = {}
     for series in _numbers(snapshot, semconv.REQUESTS.name):
@@ -212,27 +249,91 @@ def host_figures(source: HostMetrics | HostSnapshot, *, declared_bounds: bool = 
             runs, seconds = stages.get(name, (0, 0.0))
             stages[name] = (runs + series.value.count, seconds + series.value.sum)
 
+    phases: dict[str, float] = {}
+    for series in _numbers(snapshot, semconv.TURN_TTFT_PHASES.name):
+        name = series.attributes.get(semconv.PHASE)
+        if isinstance(name, str) and ok(series):
+            phases[name] = phases.get(name, 0.0) + series.value  # type: ignore[operator]
+
     in_flight = sum(s.value for s in _numbers(snapshot, semconv.REQUESTS_ACTIVE.name)
                     if not isinstance(s.value, HistogramValue))
     return HostFigures(
         requests=requests,
         by_model=by_model,
-        duration=_merge(histograms(semconv.OPERATION_DURATION.name),
+        duration=_merge(turns(semconv.TURN_DURATION.name, semconv.OPERATION_DURATION.name),
                         semconv.DURATION_BUCKETS if declared_bounds else None),
-        ttft=_merge(histograms(semconv.TIME_TO_FIRST_CHUNK.name),
-                    semconv.TIME_TO_FIRST_CHUNK_BUCKETS if declared_bounds else None),
-        output_tokens=_merge(histograms(
-            semconv.TOKEN_USAGE.name,
-            lambda s: ok(s) and s.attributes.get(semconv.TOKEN_TYPE) == "output")),
-        rate=_merge(histograms(semconv.OUTPUT_TOKEN_RATE.name)),
+        ttft=_merge(turns(semconv.TURN_TIME_TO_FIRST_CHUNK.name,
+                          semconv.TIME_TO_FIRST_CHUNK.name),
+                    semconv.DURATION_BUCKETS if declared_bounds else None),
+        output_tokens=_merge(turns(semconv.TURN_TOKEN_USAGE.name, semconv.TOKEN_USAGE.name,
+                                   lambda s: ok(s) and output(s))),
+        rate=_merge(turns(semconv.TURN_OUTPUT_TOKEN_RATE.name)),
         in_flight=round(in_flight),
         stages=stages,
+        input_tokens=_merge(turns(
+            semconv.TURN_TOKEN_USAGE.name, semconv.TOKEN_USAGE.name,
+            lambda s: ok(s) and s.attributes.get(semconv.TOKEN_TYPE)
+            == semconv.TokenType.INPUT.value)),
+        inference_calls=_merge(turns(semconv.TURN_INFERENCE_CALLS.name)),
+        tool_calls=_merge(turns(semconv.TURN_TOOL_CALLS.name)),
+        phases=dict(sorted(phases.items())),
+        calls=_calls(snapshot, ok, failed, output),
+    )
+
+
+def _calls(snapshot: HostSnapshot, ok: Callable[[SeriesSnapshot], bool],
+           failed: Callable[[SeriesSnapshot], bool],
+           output: Callable[[SeriesSnapshot], bool]) -> tuple[CallSummary, ...]:
+    """The LLM calls per (provider, model), from the GenAI client instruments,
+    as :class:`ragobs._summary_stats.CallStats` counts them."""
+    #: (provider, model) -> [calls, failed, ok, ttft_sum, ttft_n, latency_sum, in, out]
+    rows: dict[tuple[str | None, str | None], list[float]] = {}
+
+    def row(series: SeriesSnapshot) -> list[float]:
+        attrs = series.attributes
+        key = tuple(v if isinstance(v, str) else None for v in (
+            attrs.get(semconv.PROVIDER_NAME), attrs.get(semconv.REQUEST_MODEL)))
+        found = rows.get(key)  # type: ignore[arg-type]
+        if found is None:
+            found = rows[key] = [0, 0, 0, 0.0, 0, 0.0, 0, 0]  # type: ignore[index]
+        return found
+
+    for series in _series(snapshot, semconv.OPERATION_DURATION.name):
+        value = series.value
+        if isinstance(value, HistogramValue):
+            held = row(series)
+            held[0] += value.count
+            if failed(series):
+                held[1] += value.count
+            if ok(series):
+                held[2] += value.count
+                held[5] += value.sum
+    for series in _series(snapshot, semconv.TIME_TO_FIRST_CHUNK.name):
+        value = series.value
+        if isinstance(value, HistogramValue) and ok(series):
+            held = row(series)
+            held[3] += value.sum
+            held[4] += value.count
+    for series in _series(snapshot, semconv.TOKEN_USAGE.name):
+        value = series.value
+        if isinstance(value, HistogramValue):
+            held = row(series)
+            held[7 if output(series) else 6] += value.sum
+    return tuple(
+        CallSummary(provider=provider, model=model, calls=int(held[0]), failed=int(held[1]),
+                    avg_ttft_seconds=held[3] / held[4] if held[4] else None,
+                    avg_latency_seconds=held[5] / held[2] if held[2] else None,
+                    input_tokens=round(held[6]), output_tokens=round(held[7]))
+        for (provider, model), held in sorted(rows.items(),
+                                              key=lambda r: (-r[1][0], str(r[0])))
+        if held[0]
     )
 
 
 def host_summary(source: HostMetrics | HostSnapshot) -> Summary:
     """The host's :class:`~ragobs._summary_stats.Summary` (see the module docstring)."""
     figures = host_figures(source)
+    ttft_n = figures.ttft.count if figures.ttft is not None else 0
     return Summary.of(
         {outcome: figures.requests[outcome.value] for outcome in Outcome},
         avg_ttft_seconds=_mean(figures.ttft),
@@ -242,6 +343,12 @@ def host_summary(source: HostMetrics | HostSnapshot) -> Summary:
         ttft_seconds=_percentiles(figures.ttft),
         latency_seconds=_percentiles(figures.duration),
         in_flight=figures.in_flight,
+        avg_input_tokens=_mean(figures.input_tokens),
+        avg_inference_calls=_mean(figures.inference_calls),
+        avg_tool_calls=_mean(figures.tool_calls),
+        ttft_breakdown={name: seconds / ttft_n for name, seconds in figures.phases.items()}
+        if ttft_n else {},
+        calls=figures.calls,
     )
 
 
