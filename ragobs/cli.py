@@ -1,19 +1,24 @@
-"""``ragobs demo`` and ``ragobs serve``."""
+"""The ``ragobs`` command: ``demo``, ``serve`` and ``sidecar``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import inspect
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
+from ragobs import semconv
 from ragobs._runtime import setup
+from ragobs._server import Sidecar, resolve_address
+from ragobs._version import __version__
 from ragobs.demo.agent import DemoConfig, import_openai
 from ragobs.demo.runner import PROVIDERS, RunOptions, run_demo
 from ragobs.demo.stack import Protection
@@ -47,28 +52,39 @@ def _rate(text: str) -> float:
     return value
 
 
-def _add_server_args(p: argparse.ArgumentParser) -> None:
+def _add_server_args(p: argparse.ArgumentParser, *, log_default: str, log_help: str) -> None:
     p.add_argument("--host", default=None,
                    help="sidecar bind address (default $RAGOBS_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None,
                    help="sidecar port (default $RAGOBS_PORT or 9464; 0 = any free port)")
     p.add_argument("--service-name", default=None,
                    help="service.name (default $OTEL_SERVICE_NAME or 'ragobs')")
-    p.add_argument("--log-level", default="warning",
+    p.add_argument("--log-level", default=log_default,
                    choices=["debug", "info", "warning", "error", "critical"],
-                   help="what the resilience wrappers log: 'warning' shows every rate-limit "
-                        "wait, retry and timeout; 'error' only fallbacks (default warning)")
+                   help=f"{log_help} (default {log_default})")
+
+
+DESCRIPTION = ("Observability for streaming LLM and RAG agents: /metrics for Prometheus, "
+               "/api/summary and a live panel. 'demo' shows it on a simulated agent; 'serve' "
+               "serves one process, your function running in it; 'sidecar' serves a host of "
+               "several worker processes, which push to it.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ragobs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ragobs", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"ragobs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
         "demo", help="run a simulated streaming RAG agent, measured live",
         description="Run a simulated streaming RAG agent through the recommended resilience "
-                    "stack (rate limit, retry, timeouts, fallback), measured live.")
-    _add_server_args(demo)
+                    "stack (rate limit, retry, timeouts, fallback), measured live: the "
+                    "dashboard every --summary-every requests, /metrics and the live panel "
+                    "while it runs.")
+    _add_server_args(
+        demo, log_default="error",
+        log_help="what ragobs logs: 'warning' (or lower) adds a line for each rate-limit "
+                 "wait, retry, timeout and fallback, which the dashboard counts anyway")
     demo.add_argument("--provider", choices=PROVIDERS, default="simulated",
                       help="where answers come from: 'simulated' streams str tokens "
                            "in-process (default); 'openai' runs the same simulated provider "
@@ -96,21 +112,51 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--linger", type=_non_negative_float, default=0.0,
                       help="keep serving /metrics this many seconds after the traffic ends")
 
+    serve = sub.add_parser(
+        "serve", help="one process: serve its metrics, with your function (--run) running in it",
+        description="Serve this process's /metrics, /healthz, /readyz, /api/summary, "
+                    "/api/history and live panel (the in-process sidecar setup() starts) and "
+                    "call --run MODULE:CALLABLE in the same process, so the streams of its "
+                    "instrumented clients are measured; without --run, serve until stopped. "
+                    "Several worker processes: see 'ragobs sidecar'.")
+    _add_server_args(
+        serve, log_default="warning",
+        log_help="what ragobs logs: 'warning' shows each rate-limit wait, retry and timeout "
+                 "of the resilience wrappers the function uses; 'error' hides them")
+    serve.add_argument("--run", metavar="MODULE:CALLABLE", default=None,
+                       help="call this (sync or async) function with the sidecar serving "
+                            "(CALLABLE defaults to main)")
+
     host = sub.add_parser(
-        "sidecar", help="serve a whole host: merge what every worker process pushes",
+        "sidecar", help="one per host, a process of its own: merge and serve the metrics "
+                        "every worker process pushes",
         description="The host sidecar, a process of its own: receives the metrics every "
                     "worker pushes (OTLP/HTTP on POST /v1/metrics; workers push when "
                     "RAGOBS_SIDECAR_URL is set), merges them and serves /metrics, /healthz, "
                     "/readyz, /api/summary, /api/history and the live panel for the host. "
                     "Any OpenTelemetry SDK's GenAI metrics are welcome too. "
                     "Needs: pip install 'ragobs[otlp]'")
-    _add_server_args(host)
-
-    serve = sub.add_parser("serve", help="run the sidecar standalone")
-    _add_server_args(serve)
-    serve.add_argument("--run", metavar="MODULE:CALLABLE", default=None,
-                       help="call this (sync or async) function with the sidecar serving")
+    _add_server_args(
+        host, log_default="warning",
+        log_help="what the host sidecar logs: 'warning' shows points dropped from a push "
+                 "and series limits reached; 'debug' also each refused push")
     return parser
+
+
+async def _bind(start: Awaitable[Sidecar], host: str | None, port: int | None) -> Sidecar:
+    """The sidecar ``start`` starts; failing to bind is one line: the address and why."""
+    try:
+        return await start
+    except OSError as exc:
+        bound_host, bound_port = resolve_address(host, port)
+        if ":" in bound_host:  # IPv6
+            bound_host = f"[{bound_host}]"
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        reason = (os.strerror(exc.errno) if exc.errno and exc.errno > 0
+                  else cause.strerror or str(cause))
+        if exc.errno == errno.EADDRINUSE:
+            reason += " (another sidecar there? --port 0 picks a free port)"
+        raise OSError(exc.errno, f"cannot bind {bound_host}:{bound_port}: {reason}") from exc
 
 
 def _stop_on_sigterm() -> None:
@@ -143,11 +189,11 @@ async def _demo(args: argparse.Namespace) -> None:
     if args.provider == "openai":
         import_openai()  # before serving anything: a missing extra is a clear error
     runtime = setup(service_name=args.service_name, serve=False)
-    sidecar = await runtime.start_server(args.host, args.port)
+    sidecar = await _bind(runtime.start_server(args.host, args.port), args.host, args.port)
     print(f"ragobs demo: metrics at {sidecar.url}/metrics, live panel at {sidecar.url}/",
           flush=True)
     try:
-        await run_demo(
+        done = await run_demo(
             runtime,
             DemoConfig(failure_rate=args.failure_rate, slow_rate=args.slow_rate,
                        time_scale=args.time_scale),
@@ -157,6 +203,7 @@ async def _demo(args: argparse.Namespace) -> None:
             seed=args.seed,
             provider=args.provider,
         )
+        print(_finished(args, done, sidecar.url), flush=True)
         if args.linger > 0:
             await asyncio.sleep(args.linger)
     finally:
@@ -175,13 +222,12 @@ async def _host(args: argparse.Namespace) -> None:
             add_otlp_routes,
         )
     except ImportError as exc:
-        raise ImportError(f"ragobs sidecar needs the OTLP packages ({exc.name}): "
+        raise ImportError(f"the sidecar command needs the OTLP packages ({exc.name}): "
                           "pip install 'ragobs[otlp]'") from None
     from prometheus_client import CollectorRegistry
 
     from ragobs._history import History
     from ragobs._server.app import create_app
-    from ragobs._server.sidecar import Sidecar
 
     merged = HostMetrics()
     registry = CollectorRegistry()
@@ -190,7 +236,7 @@ async def _host(args: argparse.Namespace) -> None:
                             started=time.monotonic())
     app = create_app(registry, reporter, history=History(HostHistorySource(merged)))
     add_otlp_routes(app, merged)
-    sidecar = await Sidecar(app, args.host, args.port).start()
+    sidecar = await _bind(Sidecar(app, args.host, args.port).start(), args.host, args.port)
     print(f"ragobs host sidecar: {sidecar.url}/metrics, panel at {sidecar.url}/, workers "
           f"push with RAGOBS_SIDECAR_URL={sidecar.url}", flush=True)
     try:
@@ -202,7 +248,7 @@ async def _host(args: argparse.Namespace) -> None:
 async def _serve(args: argparse.Namespace) -> None:
     _stop_on_sigterm()
     runtime = setup(service_name=args.service_name, serve=False)
-    sidecar = await runtime.start_server(args.host, args.port)
+    sidecar = await _bind(runtime.start_server(args.host, args.port), args.host, args.port)
     print(f"ragobs sidecar: {sidecar.url}/metrics", flush=True)
     try:
         if args.run:
@@ -218,16 +264,59 @@ async def _serve(args: argparse.Namespace) -> None:
         runtime.shutdown()
 
 
+def _finished(args: argparse.Namespace, done: int, url: str) -> str:
+    """The line that says the demo ended by itself, and what happens to the sidecar."""
+    if args.requests and done >= args.requests:
+        after = f"{done} requests"
+    else:
+        after = f"{args.duration:g} s ({done} requests)"
+    stops = (f"stays up {args.linger:g} s more, then stops" if args.linger > 0
+             else "stops now")
+    if args.duration is None:
+        hint = "--requests 0 runs until Ctrl-C"
+    elif args.requests:
+        hint = "--requests 0 without --duration runs until Ctrl-C"
+    else:
+        hint = "without --duration it runs until Ctrl-C"
+    return f"ragobs demo: finished after {after}; the sidecar on {url} {stops} ({hint})"
+
+
+def _hide_instant_waits(record: logging.LogRecord) -> bool:
+    """Drop the notice of a rate-limit wait too short to show ("Waiting 0.0s..."):
+    it is still counted and timed (ragobs_ratelimit_wait_duration_seconds)."""
+    if getattr(record, "ragobs_event", None) != semconv.EVENT_RATELIMIT_WAIT:
+        return True
+    wait = getattr(record, "ragobs_attributes", {}).get(semconv.RATELIMIT_WAIT_S)
+    return not (isinstance(wait, (int, float)) and wait < 0.05)
+
+
+def _configure_logging(level: str) -> None:
+    """One line per record on stderr, unless logging is configured already (embedded)."""
+    terminal = logging.StreamHandler()
+    terminal.setFormatter(logging.Formatter("%(message)s"))
+    terminal.addFilter(_hide_instant_waits)
+    logging.basicConfig(level=level.upper(), handlers=[terminal])
+
+
+def _error_text(exc: BaseException) -> str:
+    """What follows "ragobs: error: ": no errno prefix, no second "ragobs"."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+        text = exc.strerror
+    else:
+        text = str(exc)
+    return text.removeprefix("ragobs: ").removeprefix("ragobs ")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
+    _configure_logging(args.log_level)
     try:
         RunOptions(requests=getattr(args, "requests", 0), concurrency=getattr(
             args, "concurrency", 1))
     except ValueError as exc:
         print(f"ragobs: error: {exc}", file=sys.stderr)
         return 2
-    runner = {"demo": _demo, "sidecar": _host, "serve": _serve}[args.command]
+    runner = {"demo": _demo, "serve": _serve, "sidecar": _host}[args.command]
     try:
         asyncio.run(runner(args))
     except KeyboardInterrupt:
@@ -239,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nragobs: stopped (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM
     except (ValueError, OSError, ImportError) as exc:
-        print(f"ragobs: error: {exc}", file=sys.stderr)
+        print(f"ragobs: error: {_error_text(exc)}", file=sys.stderr)
         return 2
     return 0
 

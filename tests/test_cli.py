@@ -29,11 +29,56 @@ def test_demo_runs_and_prints_the_dashboard() -> None:
     assert done.returncode == 0, done.stderr
     assert "metrics at http://127.0.0.1:" in done.stdout
     totals = re.findall(r"^Total Requests: (\d+)$", done.stdout, re.MULTILINE)
-    assert totals[-1] == "24"
-    assert len(totals) == 3  # every 12 requests, and a final one
+    # Every 12 requests; the one at 24 is the final one, not printed a second time.
+    assert totals == ["12", "24"]
     ok = int(re.findall(r"^Successful: (\d+) \(", done.stdout, re.MULTILINE)[-1])
     failed = int(re.findall(r"^Failed: (\d+) \(", done.stdout, re.MULTILINE)[-1])
     assert ok + failed == 24 and ok > 0
+    # It ended by itself: the last line says so, and that the sidecar goes with it.
+    last = done.stdout.rstrip("\n").rsplit("\n", 1)[-1]
+    assert re.fullmatch(r"ragobs demo: finished after 24 requests; the sidecar on "
+                        r"http://127\.0\.0\.1:\d+ stops now \(--requests 0 runs until Ctrl-C\)",
+                        last), last
+
+
+def test_demo_prints_a_final_dashboard_when_the_last_one_is_behind() -> None:
+    done = run("demo", "--requests", "24", "--concurrency", "6", "--port", "0",
+               "--summary-every", "10", *FAST)
+    assert done.returncode == 0, done.stderr
+    totals = re.findall(r"^Total Requests: (\d+)$", done.stdout, re.MULTILINE)
+    assert totals == ["10", "20", "24"]
+
+
+def test_demo_says_when_it_stops_after_its_duration_and_lingers() -> None:
+    done = run("demo", "--requests", "0", "--duration", "1", "--linger", "0.2",
+               "--port", "0", "--summary-every", "0", *FAST)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("STREAMING METRICS DASHBOARD") == 1
+    last = done.stdout.rstrip("\n").rsplit("\n", 1)[-1]
+    assert re.fullmatch(r"ragobs demo: finished after 1 s \(\d+ requests\); the sidecar on "
+                        r"http://127\.0\.0\.1:\d+ stays up 0\.2 s more, then stops "
+                        r"\(without --duration it runs until Ctrl-C\)", last), last
+
+
+# Tight enough that every run waits for the rate limit, retries and times out.
+NOISY = ["--requests", "40", "--concurrency", "8", "--rate-limit", "8", "--rate-window", "10",
+         "--failure-rate", "0.3", "--slow-rate", "0.3", "--port", "0", "--summary-every", "0",
+         *FAST]
+
+
+def test_demo_is_quiet_by_default_and_log_level_shows_each_notice() -> None:
+    done = run("demo", *NOISY)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # the dashboard counts waits, retries and timeouts instead
+    resilience = done.stdout.split("Resilience:")[-1]
+    assert not re.search(r"Rate-limit waits: 0 |Retries: 0 ", resilience), resilience
+
+    for level in ("warning", "info"):
+        done = run("demo", *NOISY, "--log-level", level)
+        assert done.returncode == 0, done.stderr
+        assert "Rate limit reached (8 requests/" in done.stderr
+        assert "retry generate after" in done.stderr
+        assert "Waiting 0.0s" not in done.stderr
 
 
 def test_demo_serves_metrics_while_running_and_stops_cleanly_on_ctrl_c() -> None:
@@ -71,6 +116,7 @@ def test_demo_serves_metrics_while_running_and_stops_cleanly_on_ctrl_c() -> None
             proc.kill()
     assert proc.returncode == 130, err
     assert "STREAMING METRICS DASHBOARD" in out  # the final summary
+    assert "finished after" not in out  # stopped, not finished
     assert "stopped" in err
     assert "Traceback" not in err
 

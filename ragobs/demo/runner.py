@@ -104,9 +104,12 @@ async def open_agent(provider: str, config: DemoConfig, *, seed: int | None = No
 async def run_demo(runtime: Runtime, config: DemoConfig, options: RunOptions, *,
                    protection: Protection | None = None, seed: int | None = None,
                    out: TextIO | None = None, provider: str = "simulated",
-                   wire: OpenAIWireServer | None = None) -> None:
-    """Send traffic until the request count or duration is reached, or cancelled.
+                   wire: OpenAIWireServer | None = None) -> int:
+    """Send traffic until the request count or duration is reached, or cancelled;
+    the number of requests answered (fallbacks included).
 
+    The dashboard is printed every ``options.summary_every`` requests and once
+    at the end, unless the last one printed already shows the final figures.
     ``provider``: see :data:`PROVIDERS`. ``wire``: with ``openai``, a running
     :class:`OpenAIWireServer` to use instead of starting one (its ``sent``
     records what it answered).
@@ -114,15 +117,24 @@ async def run_demo(runtime: Runtime, config: DemoConfig, options: RunOptions, *,
     out = out or sys.stdout
     async with open_agent(provider, config, seed=seed, telemetry=runtime.telemetry,
                           wire=wire, out=out) as agent:
-        await _drive(ProtectedAgent(agent, runtime.telemetry, protection, config.time_scale),
-                     runtime, options, out)
+        return await _drive(
+            ProtectedAgent(agent, runtime.telemetry, protection, config.time_scale),
+            runtime, options, out)
 
 
 async def _drive(agent: ProtectedAgent, runtime: Runtime, options: RunOptions,
-                 out: TextIO) -> None:
+                 out: TextIO) -> int:
     counter = itertools.count(1)
     deadline = None if options.duration is None else time.monotonic() + options.duration
     done = 0
+    shown = ""  # the dashboard printed last
+
+    def show() -> None:
+        nonlocal shown
+        text = dashboard(runtime)
+        if text != shown:
+            print(text, file=out, flush=True)
+            shown = text
 
     def more() -> int | None:
         if deadline is not None and time.monotonic() >= deadline:
@@ -140,9 +152,10 @@ async def _drive(agent: ProtectedAgent, runtime: Runtime, options: RunOptions,
                 await one_request(agent, question)
             done += 1
             if options.summary_every and done % options.summary_every == 0:
-                print(dashboard(runtime), file=out, flush=True)
+                show()
 
     try:
         await asyncio.gather(*(worker() for _ in range(options.concurrency)))
     finally:
-        print(dashboard(runtime), file=out, flush=True)
+        show()  # the final figures, unless the last dashboard already had them
+    return done
