@@ -177,7 +177,7 @@ class _Settings:
             hide_usage = True
         model = kwargs.get("model")
         obs = _observation(self.telemetry, self.operation, self.provider,
-                           model if isinstance(model, str) and model else None, leaf=True)
+                           model if isinstance(model, str) and model else None)
         obs.start()
         retries = self.sdk_retries
         if retries is None:

@@ -270,7 +270,6 @@ class StreamObservation:
         "_finished",
         "_input_tokens",
         "_labels",
-        "_leaf",
         "_n_checked",
         "_n_tokens",
         "_output_tokens",
@@ -291,10 +290,8 @@ class StreamObservation:
     )
 
     def __init__(self, telemetry: Telemetry, labels: _LabelSet,
-                 also: SummaryStats | None = None, *, leaf: bool = False) -> None:
+                 also: SummaryStats | None = None) -> None:
         self._telemetry = telemetry
-        #: An LLM call that cannot contain others (instrument_client's streams).
-        self._leaf = leaf
         self._turn: Turn | None = None
         self._owns_turn = False
         self._turn_stack: list[Turn] | None = None
@@ -475,6 +472,16 @@ class StreamObservation:
 
     # -- recording ------------------------------------------------------
 
+    def _read_from(self, source: object) -> None:
+        """The stream reads from ``source``: if this is a turn and ``source`` a
+        generator (an agent), calls made while it runs belong to the turn,
+        whatever context they run in (see :func:`ragobs._turn.current_turn`)."""
+        turn = self._turn
+        if self._owns_turn and turn is not None and (
+                hasattr(source, "ag_running") or hasattr(source, "gi_running")):
+            turn.source = source
+            self._turn_stack = enter(turn)
+
     def start(self, start_time: float | None = None) -> None:
         """Open the span and count the request as in flight (once)."""
         if self._ctx is not None:
@@ -497,8 +504,6 @@ class StreamObservation:
             self._turn = turn = Turn(t_start)
             self._owns_turn = True
             self._ctx = turn_context(ctx, turn)
-            if not self._leaf:
-                self._turn_stack = enter(turn)
             tel.active.add_key(labels.active_key, 1)
             tel.summary.started()
         if self._also is not None:
@@ -514,8 +519,10 @@ class StreamObservation:
         tel = self._telemetry
         labels = started = self._labels
         turn = self._turn
-        if ((labels.model is None or labels.provider is None) and labels.agent is None
-                and not (self._owns_turn and turn is not None and turn.calls)):
+        assert turn is not None  # start() gave it one
+        # An LLM call: a call of a turn, or a turn that made no call itself (not an agent's).
+        is_call = not self._owns_turn or (turn.calls == 0 and labels.agent is None)
+        if is_call and (labels.model is None or labels.provider is None):
             labels = self._labels_from_chunks(labels)
         etype = error_type(exc) if exc is not None and outcome is not Outcome.CANCELLED else None
         ending = labels.end(outcome, etype)
@@ -535,11 +542,9 @@ class StreamObservation:
             window = t_end - t_first
             if tokens >= 2 and window > 0 and record_tokens:
                 rate = tokens / window
-        if turn is None:  # pragma: no cover - started() always sets one
-            turn = Turn(self._t_start)
         if not self._owns_turn:  # an inference call of a turn
-            self._record_call(ending, tokens if record_tokens else None, latency, ttft=ttft,
-                              rate=rate, t_end=t_end)
+            self._record_call(ending, outcome, tokens if record_tokens else None, latency,
+                              ttft=ttft, rate=rate, t_end=t_end)
             turn.call_finished(failed=failed, input_tokens=input_tokens,
                                output_tokens=tokens if record_tokens else None)
             if self._phase is not None and t_first is None:
@@ -548,9 +553,9 @@ class StreamObservation:
         else:
             if self._turn_stack is not None:
                 leave(turn, self._turn_stack)
-            own_call = turn.calls == 0 and labels.agent is None
+            own_call = is_call
             if own_call:  # a turn of one call: the call's own figures too
-                self._record_call(ending, tokens if record_tokens else None, latency,
+                self._record_call(ending, outcome, tokens if record_tokens else None, latency,
                                   ttft=ttft, rate=rate, t_end=t_end)
                 turn_out: int | None = tokens if record_tokens else None
                 turn_in = input_tokens
@@ -572,20 +577,20 @@ class StreamObservation:
         span.end()
         return outcome
 
-    def _record_call(self, ending: _Ending, tokens: int | None, latency: float, *,
-                     ttft: float | None, rate: float | None, t_end: float) -> None:
+    def _record_call(self, ending: _Ending, outcome: Outcome, tokens: int | None,
+                     latency: float, *, ttft: float | None, rate: float | None,
+                     t_end: float) -> None:
         """The GenAI client figures of one LLM call (per model)."""
         tel = self._telemetry
-        labels = self._labels
-        tel.calls.record(labels.provider or self._provider, labels.model or self.response_model,
-                         Outcome(ending.outcome), latency=latency, ttft=ttft,
-                         input_tokens=self._input_tokens, output_tokens=tokens)
+        attrs = ending.attrs  # the names the metrics carry (bounded), for the calls table too
+        tel.calls.record(attrs.get(semconv.PROVIDER_NAME), attrs.get(semconv.REQUEST_MODEL),
+                         outcome, latency=latency, ttft=ttft, input_tokens=self._input_tokens,
+                         output_tokens=tokens)
         # Latency and TTFT carry the stream's trace id as an exemplar: in our
         # own table when setup() gave us one (see ExemplarTable), else through
         # the SDK's reservoir, which reads the span from ``context``.
         exemplars = ending.exemplars
         exemplar_ctx = self._ctx if exemplars is None else _NO_EXEMPLAR
-        attrs = ending.attrs
         if ending.duration is not None:
             ending.duration.record(latency)
         else:
@@ -748,12 +753,11 @@ def _text_of(chunk: object) -> str | None:  # noqa: PLR0911
 
 def _observation(telemetry: Telemetry | None, operation: str, provider: str | None,
                  model: str | None, also: SummaryStats | None = None, *,
-                 agent: str | None = None, leaf: bool = False) -> StreamObservation:
+                 agent: str | None = None) -> StreamObservation:
     tel = telemetry if telemetry is not None else get_telemetry()
     if agent is not None:
         operation = semconv.OPERATION_INVOKE_AGENT
-    return StreamObservation(tel, _label_set(tel, operation, provider, model, agent), also,
-                             leaf=leaf)
+    return StreamObservation(tel, _label_set(tel, operation, provider, model, agent), also)
 
 
 def observe(
@@ -835,8 +839,7 @@ async def _observe_async(
             src, it = await aopen(source)
         finally:
             _detach(token)
-        if obs._owns_turn and obs._turn is not None:
-            obs._turn.source = src
+        obs._read_from(src)
         nxt = it.__anext__
         while True:  # until the first chunk that carries output, with the span current
             token = _attach(ctx)  # type: ignore[arg-type]
@@ -931,8 +934,7 @@ def _observe_sync(
             src, it = open_sync(source)
         finally:
             _detach(token)
-        if obs._owns_turn and obs._turn is not None:
-            obs._turn.source = src
+        obs._read_from(src)
         while True:
             token = _attach(ctx)  # type: ignore[arg-type]
             try:
