@@ -40,6 +40,13 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def _check_name(arg: str, value: object, *, optional: bool = False) -> None:
+    if (value is None and optional) or (isinstance(value, str) and value):
+        return
+    kind = "a non-empty str or None" if optional else "a non-empty str"
+    raise ValueError(f"{arg} must be {kind}, got {value!r}")
+
+
 class stage:
     """Context manager (sync and async) and decorator for one pipeline stage."""
 
@@ -47,10 +54,8 @@ class stage:
 
     def __init__(self, name: str, *, source: str | None = None,
                  telemetry: Telemetry | None = None) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty str, got {name!r}")
-        if source is not None and (not isinstance(source, str) or not source):
-            raise ValueError(f"source must be a non-empty str or None, got {source!r}")
+        _check_name("name", name)
+        _check_name("source", source, optional=True)
         self._name = name
         self._source = source
         self._telemetry = telemetry
@@ -75,6 +80,11 @@ class stage:
 
     def _ended(self, turn: Turn | None) -> None:
         """What the stage tells the turn it ran in, if any (besides its phase)."""
+
+    @property
+    def span(self) -> trace.Span:
+        """The stage's span (non-recording until the stage starts)."""
+        return self._span
 
     def _context(self) -> Context:
         """The context inside the stage: its span current, inside a phase of its turn."""
@@ -197,8 +207,7 @@ class retrieval(stage):
 
     def __init__(self, source: str, *, top_k: int | None = None, name: str = "retrieve",
                  telemetry: Telemetry | None = None) -> None:
-        if not isinstance(source, str) or not source:
-            raise ValueError(f"source must be a non-empty str, got {source!r}")
+        _check_name("source", source)
         if top_k is not None and (type(top_k) is not int or top_k < 1):
             raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
         super().__init__(name, source=source, telemetry=telemetry)
@@ -240,10 +249,6 @@ class retrieval(stage):
     async def __aenter__(self) -> retrieval:  # type: ignore[override]
         return self.__enter__()
 
-    @property
-    def span(self) -> trace.Span:
-        return self._span
-
 
 class tool(stage):
     """One tool call (a ``tool`` stage), traced as the GenAI conventions'
@@ -257,10 +262,8 @@ class tool(stage):
 
     def __init__(self, name: str, *, call_id: str | None = None,
                  telemetry: Telemetry | None = None) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty str, got {name!r}")
-        if call_id is not None and (not isinstance(call_id, str) or not call_id):
-            raise ValueError(f"call_id must be a non-empty str or None, got {call_id!r}")
+        _check_name("name", name)
+        _check_name("call_id", call_id, optional=True)
         super().__init__("tool", telemetry=telemetry)
         self._tool = name
         self._call_id = call_id
@@ -282,7 +285,3 @@ class tool(stage):
     def _ended(self, turn: Turn | None) -> None:
         if turn is not None:
             turn.tool_called()
-
-    @property
-    def span(self) -> trace.Span:
-        return self._span

@@ -109,9 +109,7 @@ class Summary:
         )
 
     def as_dict(self) -> dict[str, object]:
-        out = asdict(self)
-        out["ttft_breakdown"] = dict(self.ttft_breakdown)
-        return out
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +127,18 @@ class CallSummary:
     output_tokens: int
 
 
+class _CallRow:
+    """The running totals of one (provider, model)."""
+
+    __slots__ = ("calls", "failed", "input_tokens", "latency_sum", "ok", "output_tokens",
+                 "ttft_n", "ttft_sum")
+
+    def __init__(self) -> None:
+        self.calls = self.failed = self.ok = self.ttft_n = 0
+        self.input_tokens = self.output_tokens = 0
+        self.ttft_sum = self.latency_sum = 0.0
+
+
 class CallStats:
     """Running totals of LLM calls per (provider, model), thread-safe.
 
@@ -141,8 +151,7 @@ class CallStats:
     def __init__(self, max_rows: int = 200) -> None:
         self._lock = threading.Lock()
         self._max_rows = max_rows
-        #: (provider, model) -> [calls, failed, ok, ttft_sum, ttft_n, latency_sum, in, out]
-        self._rows: dict[tuple[str | None, str | None], list[float]] = {}
+        self._rows: dict[tuple[str | None, str | None], _CallRow] = {}
 
     def record(self, provider: str | None, model: str | None, outcome: Outcome, *,
                latency: float, ttft: float | None, input_tokens: int | None,
@@ -156,29 +165,30 @@ class CallStats:
                     key = (OTHER, OTHER)
                     row = rows.get(key)
                 if row is None:
-                    row = rows[key] = [0, 0, 0, 0.0, 0, 0.0, 0, 0]
-            row[0] += 1
+                    row = rows[key] = _CallRow()
+            row.calls += 1
             if outcome is Outcome.ERROR or outcome is Outcome.TIMEOUT:
-                row[1] += 1
-            if outcome is Outcome.OK:
-                row[2] += 1
-                row[5] += latency
+                row.failed += 1
+            elif outcome is Outcome.OK:
+                row.ok += 1
+                row.latency_sum += latency
                 if ttft is not None:
-                    row[3] += ttft
-                    row[4] += 1
-            row[6] += input_tokens or 0
-            row[7] += output_tokens or 0
+                    row.ttft_sum += ttft
+                    row.ttft_n += 1
+            row.input_tokens += input_tokens or 0
+            row.output_tokens += output_tokens or 0
 
     def snapshot(self) -> tuple[CallSummary, ...]:
+        """One row per (provider, model), the most called first."""
         with self._lock:
-            rows = [(key, list(row)) for key, row in self._rows.items()]
-        return tuple(
-            CallSummary(provider=provider, model=model, calls=int(row[0]), failed=int(row[1]),
-                        avg_ttft_seconds=row[3] / row[4] if row[4] else None,
-                        avg_latency_seconds=row[5] / row[2] if row[2] else None,
-                        input_tokens=int(row[6]), output_tokens=int(row[7]))
-            for (provider, model), row in sorted(rows, key=lambda r: (-r[1][0], str(r[0])))
-        )
+            rows = [CallSummary(
+                provider=provider, model=model, calls=row.calls, failed=row.failed,
+                avg_ttft_seconds=row.ttft_sum / row.ttft_n if row.ttft_n else None,
+                avg_latency_seconds=row.latency_sum / row.ok if row.ok else None,
+                input_tokens=row.input_tokens, output_tokens=row.output_tokens)
+                for (provider, model), row in self._rows.items()]
+        rows.sort(key=lambda r: (-r.calls, str(r.provider), str(r.model)))
+        return tuple(rows)
 
 
 @dataclass(frozen=True, slots=True)
