@@ -127,8 +127,9 @@ class CallSummary:
     output_tokens: int
 
 
-class _CallRow:
-    """The running totals of one (provider, model)."""
+class CallTotals:
+    """The running totals of one (provider, model): what :class:`CallStats`
+    keeps in process and the host sidecar adds up from merged metrics."""
 
     __slots__ = ("calls", "failed", "input_tokens", "latency_sum", "ok", "output_tokens",
                  "ttft_n", "ttft_sum")
@@ -137,6 +138,19 @@ class _CallRow:
         self.calls = self.failed = self.ok = self.ttft_n = 0
         self.input_tokens = self.output_tokens = 0
         self.ttft_sum = self.latency_sum = 0.0
+
+
+def call_summaries(rows: Mapping[tuple[str | None, str | None], CallTotals]
+                   ) -> tuple[CallSummary, ...]:
+    """One :class:`CallSummary` per (provider, model) that made calls, the most called first."""
+    out = [CallSummary(
+        provider=provider, model=model, calls=row.calls, failed=row.failed,
+        avg_ttft_seconds=row.ttft_sum / row.ttft_n if row.ttft_n else None,
+        avg_latency_seconds=row.latency_sum / row.ok if row.ok else None,
+        input_tokens=row.input_tokens, output_tokens=row.output_tokens)
+        for (provider, model), row in rows.items() if row.calls]
+    out.sort(key=lambda r: (-r.calls, str(r.provider), str(r.model)))
+    return tuple(out)
 
 
 class CallStats:
@@ -151,7 +165,7 @@ class CallStats:
     def __init__(self, max_rows: int = 200) -> None:
         self._lock = threading.Lock()
         self._max_rows = max_rows
-        self._rows: dict[tuple[str | None, str | None], _CallRow] = {}
+        self._rows: dict[tuple[str | None, str | None], CallTotals] = {}
 
     def record(self, provider: str | None, model: str | None, outcome: Outcome, *,
                latency: float, ttft: float | None, input_tokens: int | None,
@@ -165,7 +179,7 @@ class CallStats:
                     key = (OTHER, OTHER)
                     row = rows.get(key)
                 if row is None:
-                    row = rows[key] = _CallRow()
+                    row = rows[key] = CallTotals()
             row.calls += 1
             if outcome is Outcome.ERROR or outcome is Outcome.TIMEOUT:
                 row.failed += 1
@@ -181,14 +195,7 @@ class CallStats:
     def snapshot(self) -> tuple[CallSummary, ...]:
         """One row per (provider, model), the most called first."""
         with self._lock:
-            rows = [CallSummary(
-                provider=provider, model=model, calls=row.calls, failed=row.failed,
-                avg_ttft_seconds=row.ttft_sum / row.ttft_n if row.ttft_n else None,
-                avg_latency_seconds=row.latency_sum / row.ok if row.ok else None,
-                input_tokens=row.input_tokens, output_tokens=row.output_tokens)
-                for (provider, model), row in self._rows.items()]
-        rows.sort(key=lambda r: (-r.calls, str(r.provider), str(r.model)))
-        return tuple(rows)
+            return call_summaries(self._rows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,14 @@ from typing import Final
 from ragobs import semconv
 from ragobs._host.merge import HistogramValue, HostMetrics, HostSnapshot, SeriesSnapshot
 from ragobs._report import Report, ResilienceCounts
-from ragobs._summary_stats import QUANTILES, CallSummary, Percentiles, Summary
+from ragobs._summary_stats import (
+    QUANTILES,
+    CallSummary,
+    CallTotals,
+    Percentiles,
+    Summary,
+    call_summaries,
+)
 from ragobs.semconv import Outcome
 
 __all__ = [
@@ -286,48 +293,43 @@ def _calls(snapshot: HostSnapshot, ok: Callable[[SeriesSnapshot], bool],
            output: Callable[[SeriesSnapshot], bool]) -> tuple[CallSummary, ...]:
     """The LLM calls per (provider, model), from the GenAI client instruments,
     as :class:`ragobs._summary_stats.CallStats` counts them."""
-    #: (provider, model) -> [calls, failed, ok, ttft_sum, ttft_n, latency_sum, in, out]
-    rows: dict[tuple[str | None, str | None], list[float]] = {}
+    rows: dict[tuple[str | None, str | None], CallTotals] = {}
 
-    def row(series: SeriesSnapshot) -> list[float]:
+    def row(series: SeriesSnapshot) -> CallTotals:
         attrs = series.attributes
-        key = tuple(v if isinstance(v, str) else None for v in (
-            attrs.get(semconv.PROVIDER_NAME), attrs.get(semconv.REQUEST_MODEL)))
-        found = rows.get(key)  # type: ignore[arg-type]
+        provider, model = (attrs.get(semconv.PROVIDER_NAME), attrs.get(semconv.REQUEST_MODEL))
+        key = (provider if isinstance(provider, str) else None,
+               model if isinstance(model, str) else None)
+        found = rows.get(key)
         if found is None:
-            found = rows[key] = [0, 0, 0, 0.0, 0, 0.0, 0, 0]  # type: ignore[index]
+            found = rows[key] = CallTotals()
         return found
 
     for series in _series(snapshot, semconv.OPERATION_DURATION.name):
         value = series.value
         if isinstance(value, HistogramValue):
             held = row(series)
-            held[0] += value.count
+            held.calls += value.count
             if failed(series):
-                held[1] += value.count
-            if ok(series):
-                held[2] += value.count
-                held[5] += value.sum
+                held.failed += value.count
+            elif ok(series):
+                held.ok += value.count
+                held.latency_sum += value.sum
     for series in _series(snapshot, semconv.TIME_TO_FIRST_CHUNK.name):
         value = series.value
         if isinstance(value, HistogramValue) and ok(series):
             held = row(series)
-            held[3] += value.sum
-            held[4] += value.count
+            held.ttft_sum += value.sum
+            held.ttft_n += value.count
     for series in _series(snapshot, semconv.TOKEN_USAGE.name):
         value = series.value
         if isinstance(value, HistogramValue):
             held = row(series)
-            held[7 if output(series) else 6] += value.sum
-    return tuple(
-        CallSummary(provider=provider, model=model, calls=int(held[0]), failed=int(held[1]),
-                    avg_ttft_seconds=held[3] / held[4] if held[4] else None,
-                    avg_latency_seconds=held[5] / held[2] if held[2] else None,
-                    input_tokens=round(held[6]), output_tokens=round(held[7]))
-        for (provider, model), held in sorted(rows.items(),
-                                              key=lambda r: (-r[1][0], str(r[0])))
-        if held[0]
-    )
+            if output(series):
+                held.output_tokens += round(value.sum)
+            else:
+                held.input_tokens += round(value.sum)
+    return call_summaries(rows)
 
 
 def host_summary(source: HostMetrics | HostSnapshot) -> Summary:
