@@ -33,7 +33,7 @@ from opentelemetry.util.types import AttributeValue
 from ragobs import semconv
 from ragobs._classify import classify, error_type
 from ragobs._telemetry import Telemetry, get_telemetry
-from ragobs._turn import Turn, current_turn, in_phase, phase_context
+from ragobs._turn import Turn, current_turn, in_phase, phase_context, turn_of
 from ragobs.semconv import Outcome
 
 P = ParamSpec("P")
@@ -96,11 +96,17 @@ class stage:
             attrs[semconv.DATA_SOURCE_ID] = tel.bound(semconv.DATA_SOURCE_ID, self._source)
         return attrs
 
-    def _open(self) -> None:
+    def _open(self, context: Context | None = None) -> None:
+        """Start: in the current context, or in ``context`` (its turn and parent span)."""
         tel = self._telemetry or get_telemetry()
-        self._turn = current_turn()
-        self._phase = self._turn is not None and not in_phase()
-        self._span = tel.tracer.start_span(self._span_name(), kind=self._span_kind(),
+        if context is None:
+            self._turn = current_turn()
+            self._phase = self._turn is not None and not in_phase()
+        else:
+            self._turn = turn_of(context)
+            self._phase = self._turn is not None and not in_phase(context)
+        self._span = tel.tracer.start_span(self._span_name(), context=context,
+                                           kind=self._span_kind(),
                                            attributes=self._span_attributes(tel))
         self._t0 = time.perf_counter()
 

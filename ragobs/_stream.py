@@ -55,12 +55,14 @@ from ragobs._turn import (
     PHASE_LLM,
     PHASE_OTHER,
     Turn,
+    claim_pending_call,
     current_turn,
     enter,
     in_phase,
     leave,
     phase_context,
     turn_context,
+    turn_of,
 )
 from ragobs.chunks import ChunkReader, read_openai_chat, reader_for, readers
 from ragobs.semconv import Outcome
@@ -328,8 +330,13 @@ class StreamObservation:
         """Mark the first chunk as arrived now, or at ``at`` (a
         :func:`time.perf_counter` value); later calls are ignored."""
         if self._t_first is None:
-            self._t_first = t_first = _perf() if at is None else at
-            self._span.add_event(semconv.EVENT_FIRST_CHUNK)
+            if at is None:
+                self._t_first = t_first = _perf()
+                self._span.add_event(semconv.EVENT_FIRST_CHUNK)
+            else:  # the event at that moment, on the span's (wall) clock
+                self._t_first = t_first = at
+                self._span.add_event(semconv.EVENT_FIRST_CHUNK, timestamp=time.time_ns()
+                                     - int((_perf() - at) * 1e9))
             turn = self._turn
             if turn is not None:
                 if self._owns_turn:
@@ -482,20 +489,33 @@ class StreamObservation:
             turn.source = source
             self._turn_stack = enter(turn)
 
-    def start(self, start_time: float | None = None) -> None:
-        """Open the span and count the request as in flight (once)."""
+    def start(self, start_time: float | None = None, *, context: Context | None = None,
+              span_start_ns: int | None = None) -> None:
+        """Open the span and count the request as in flight (once).
+
+        ``context``: where the stream runs (its turn, parent span and phase),
+        when not the current context; ``span_start_ns``: the span's start (ns
+        since the epoch) when the stream started before this call."""
         if self._ctx is not None:
             return
         self._t_start = t_start = _perf() if start_time is None else start_time
         labels = self._labels
         tel = self._telemetry
-        parent = current_turn()
+        if context is None:  # a call an integration saw start is this stream (once)
+            context = claim_pending_call()
+        if context is None:
+            parent = current_turn()
+            inside_phase = in_phase()
+        else:
+            parent = turn_of(context)
+            inside_phase = in_phase(context)
         if parent is not None and labels.agent is None:  # a call of the running turn
             self._turn = parent
-            if not in_phase():
+            if not inside_phase:
                 self._phase = PHASE_LLM
         self._span = span = tel.tracer.start_span(
-            labels.span_name, kind=labels.span_kind, attributes=labels.start_attributes
+            labels.span_name, context=context, kind=labels.span_kind,
+            attributes=labels.start_attributes, start_time=span_start_ns,
         )
         ctx = trace.set_span_in_context(span)
         if self._turn is not None:
@@ -503,7 +523,7 @@ class StreamObservation:
         else:  # a turn of its own: what starts inside it is its call, stage or tool
             self._turn = turn = Turn(t_start)
             self._owns_turn = True
-            self._ctx = turn_context(ctx, turn)
+            self._ctx = turn.context = turn_context(ctx, turn)
             tel.active.add_key(labels.active_key, 1)
             tel.summary.started()
         if self._also is not None:

@@ -29,12 +29,14 @@ import asyncio
 import contextlib
 import threading
 import weakref
+from contextvars import ContextVar
 from typing import Final
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
-__all__ = ["PHASE_LLM", "PHASE_OTHER", "PHASE_RATELIMIT", "Turn", "current_turn", "in_phase"]
+__all__ = ["PHASE_LLM", "PHASE_OTHER", "PHASE_RATELIMIT", "PendingCall", "Turn", "current_turn",
+           "in_phase"]
 
 #: The turn an OpenTelemetry context belongs to.
 _TURN_KEY: Final = otel_context.create_key("ragobs-turn")
@@ -53,7 +55,7 @@ class Turn:
     Memory is a few counters and one entry per phase name.
     """
 
-    __slots__ = ("__weakref__", "_lock", "calls", "failed_calls", "input_tokens",
+    __slots__ = ("__weakref__", "_lock", "calls", "context", "failed_calls", "input_tokens",
                  "output_tokens", "phases", "retrievals", "source", "t_first", "t_start",
                  "tool_calls")
 
@@ -73,6 +75,8 @@ class Turn:
         self.phases: dict[str, float] = {}
         #: The generator the turn's stream reads from, once opened: code it runs is the turn's.
         self.source: object = None
+        #: The turn's own context (its span current, outside any phase), once started.
+        self.context: Context | None = None
 
     def call_finished(self, *, failed: bool, input_tokens: int | None,
                       output_tokens: int | None) -> None:
@@ -131,9 +135,46 @@ def phase_context(ctx: Context, turn: Turn | None = None) -> Context:
     return otel_context.set_value(_PHASE_KEY, True, ctx)
 
 
-def in_phase() -> bool:
-    """Is the current context inside a phase of the current turn?"""
-    return otel_context.get_value(_PHASE_KEY) is True
+def in_phase(ctx: Context | None = None) -> bool:
+    """Is ``ctx`` (default: the current context) inside a phase of its turn?"""
+    return otel_context.get_value(_PHASE_KEY, ctx) is True
+
+
+def turn_of(ctx: Context) -> Turn | None:
+    """The turn ``ctx`` carries, if any."""
+    turn = otel_context.get_value(_TURN_KEY, ctx)
+    return turn if isinstance(turn, Turn) else None
+
+
+# -- an LLM call another instrumentation saw start (the LangChain handler) ----
+
+class PendingCall:
+    """An LLM call seen starting by an integration that records it when it
+    ends (LangChain's callbacks), unless an observed stream inside it (an
+    instrumented client) claims it first: that stream is then the call, with
+    the context the integration gave it, and the integration records nothing.
+    So one LLM call is counted once, however many layers watch it."""
+
+    __slots__ = ("claimed", "context")
+
+    def __init__(self, context: Context) -> None:
+        #: Where the call runs: its turn, its parent span, inside a phase or not.
+        self.context = context
+        self.claimed = False
+
+
+#: The call the code running now is making, if an integration said so.
+pending_call: ContextVar[PendingCall | None] = ContextVar("ragobs-pending-call", default=None)
+
+
+def claim_pending_call() -> Context | None:
+    """The context of the pending call the current code makes, claimed now
+    (once); ``None`` when there is none."""
+    pending = pending_call.get()
+    if pending is None or pending.claimed:
+        return None
+    pending.claimed = True
+    return pending.context
 
 
 # -- the turns each task (or thread) is running, for calls made after a first chunk ---

@@ -294,7 +294,7 @@ def read_langchain(chunk: Any, sink: ChunkSink) -> int:
     n = 1 if _content_output(chunk.content) else 0
     if not n:
         for call in getattr(chunk, "tool_call_chunks", None) or ():
-            if _get(call, "args") or _get(call, "name"):
+            if _get(call, "args"):  # a chunk naming the tool is its opening, not output
                 n = 1
                 break
     usage = getattr(chunk, "usage_metadata", None)
