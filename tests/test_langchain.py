@@ -34,7 +34,7 @@ from ragobs import semconv
 from ragobs._report import Reporter, as_json
 from ragobs.langchain import RagobsCallbackHandler, answer_text, instrument_langchain
 from tests.conftest import OTelHarness
-from tests.provider_server import ProviderServer, Reply
+from tests.provider_server import ProviderServer, Reply, ThreadedProviderServer
 
 REQUESTS = semconv.REQUESTS.name
 CALL_DURATION = semconv.OPERATION_DURATION.name
@@ -78,12 +78,13 @@ class DocsRetriever(BaseRetriever):
         return [d for d in self.docs if words & set(d.page_content.lower().split())]
 
 
-def chat(server: ProviderServer, model: str, **options: Any) -> ChatOpenAI:
+def chat(server: ProviderServer | ThreadedProviderServer, model: str, **options: Any) -> ChatOpenAI:
     return ChatOpenAI(model=model, base_url=server.openai_url, api_key="test",  # type: ignore[arg-type]
                       stream_usage=True, max_retries=0, **options)
 
 
-def rag_chain(server: ProviderServer, *, router: Runnable[Any, Any] | None = None,
+def rag_chain(server: ProviderServer | ThreadedProviderServer, *,
+              router: Runnable[Any, Any] | None = None,
               answerer: ChatOpenAI | None = None) -> Runnable[Any, Any]:
     """Route with one model, retrieve, stream the answer with another."""
     route = (ChatPromptTemplate.from_template("Which docs answer: {question}")
@@ -94,7 +95,7 @@ def rag_chain(server: ProviderServer, *, router: Runnable[Any, Any] | None = Non
             | answer | (answerer or chat(server, ANSWERER)) | StrOutputParser())
 
 
-def script_turns(server: ProviderServer, n: int) -> None:
+def script_turns(server: ProviderServer | ThreadedProviderServer, n: int) -> None:
     for _ in range(n):
         server.script(Reply(model=ROUTER_SNAPSHOT, first_content_delay=ROUTE_DELAY,
                             pieces=("python",), input_tokens=30, output_tokens=2),
@@ -376,3 +377,43 @@ def test_instrument_langchain_refuses_what_it_cannot_observe(otel: OTelHarness) 
         RagobsCallbackHandler(agent="")
     with pytest.raises(TypeError, match="telemetry must be a ragobs Telemetry"):
         RagobsCallbackHandler(telemetry="t")  # type: ignore[arg-type]
+
+
+async def test_concurrent_turns_keep_their_own_calls(
+        provider_server: ProviderServer, otel: OTelHarness) -> None:
+    chain = instrument_langchain(rag_chain(provider_server), agent="docs-rag",
+                                 telemetry=otel.telemetry)
+    script_turns(provider_server, 4)
+    await asyncio.gather(*(read(chain.astream({"question": f"decorators {i}?"}))
+                           for i in range(4)))
+    assert otel.value(REQUESTS, ragobs__outcome="ok") == 4
+    assert otel.count(CALL_DURATION) == 8
+    turns = [s for s in otel.spans() if s.name == "invoke_agent docs-rag"]
+    assert [(s.attributes or {})[semconv.INFERENCE_CALLS] for s in turns] == [2, 2, 2, 2]
+    for turn in turns:
+        children = [s for s in otel.spans()
+                    if s.parent is not None and s.parent.span_id == turn.context.span_id]
+        assert sorted(s.name for s in children) == sorted(
+            [f"chat {ROUTER}", f"chat {ANSWERER}", "retrieval DocsRetriever"])
+    assert not ragobs.langchain._ObservedRunnable._handler(chain)._runs  # type: ignore[arg-type]
+
+
+def test_a_sync_chain_streams_as_turns(threaded_provider_server: ThreadedProviderServer,
+                                       otel: OTelHarness) -> None:
+    chain = instrument_langchain(rag_chain(threaded_provider_server), agent="docs-rag",
+                                 telemetry=otel.telemetry)
+    script_turns(threaded_provider_server, 1)
+    t0 = time.perf_counter()
+    first = None
+    text = ""
+    for chunk in chain.stream({"question": "How do decorators work?"}):
+        if first is None and chunk:
+            first = time.perf_counter() - t0
+        text += chunk
+    assert text == "Hello world!" and first is not None
+    assert otel.value(REQUESTS, ragobs__outcome="ok") == 1
+    assert otel.total(TURN_TTFT) == pytest.approx(first, abs=0.02)
+    assert otel.total(TURN_CALLS) == 2 and otel.count(CALL_DURATION) == 2
+    assert otel.total(TURN_USAGE, gen_ai__token__type="output") == 52
+    turn = span_named(otel, "invoke_agent docs-rag")
+    assert span_named(otel, "retrieval DocsRetriever").parent.span_id == turn.context.span_id
