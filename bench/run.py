@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
     figures: dict[str, dict[str, float]] = {}
-    for name in ("bench_stream", "bench_forms", "bench_turn", "bench_chunks",
+    for name in ("bench_stream", "bench_forms", "bench_turn", "bench_chunk_gaps", "bench_chunks",
                  "bench_sdk_stream", "bench_cardinality", "bench_ratelimit", "bench_retry"):
         module = importlib.import_module(f"bench.{name}")
         print(f"== {name}")

@@ -48,6 +48,7 @@ from opentelemetry.util.types import AttributeValue
 
 from ragobs import semconv
 from ragobs._classify import classify, error_type
+from ragobs._gaps import ChunkGaps
 from ragobs._sources import aclose_source, aopen, check_streamed, close_source, open_sync
 from ragobs._summary_stats import SummaryStats
 from ragobs._telemetry import BoundHistogram, ExemplarSeries, Telemetry, get_telemetry
@@ -270,6 +271,7 @@ class StreamObservation:
         "_ctx",
         "_finish_reasons",
         "_finished",
+        "_gaps",
         "_input_tokens",
         "_labels",
         "_n_checked",
@@ -320,6 +322,8 @@ class StreamObservation:
         self._response_id: str | None = None
         self._finish_reasons: list[str] | None = None
         self._finished = False
+        #: The gaps between output chunks, from the first one on.
+        self._gaps: ChunkGaps | None = None
         #: Answer text kept for the span, only when the user opted in.
         self._content: list[str] | None = [] if telemetry.capture_content else None
         self._room = CONTENT_LIMIT
@@ -337,6 +341,7 @@ class StreamObservation:
                 self._t_first = t_first = at
                 self._span.add_event(semconv.EVENT_FIRST_CHUNK, timestamp=time.time_ns()
                                      - int((_perf() - at) * 1e9))
+            self._gaps = ChunkGaps(t_first)
             turn = self._turn
             if turn is not None:
                 if self._owns_turn:
@@ -354,12 +359,15 @@ class StreamObservation:
         """Count ``n`` output tokens (marks the first token if not yet)."""
         if n is self._n_checked:  # the value checked last, after the first token
             self._n_tokens += n
+            self._gaps.tick()  # type: ignore[union-attr]  # made by the first token
             return
         if n.__class__ is not int or n < 0:  # one check: bool's class is not int
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         if n:
             if self._t_first is None:
                 self.first_token()
+            else:
+                self._gaps.tick()  # type: ignore[union-attr]
             # Checked once: the same object again (small ints are cached, so
             # every tokens(1) of a stream) takes the identity test above.
             self._n_checked = n
@@ -373,6 +381,8 @@ class StreamObservation:
         if n:
             if self._t_first is None:
                 self.first_token()
+            else:
+                self._gaps.tick()  # type: ignore[union-attr]
             self._n_tokens += n
             if self._content is not None:
                 self.record_output(chunk)
@@ -627,10 +637,9 @@ class StreamObservation:
                 tel.time_to_first_chunk.record(ttft, attrs, context=exemplar_ctx)
             if rate is not None:
                 ending.rate.record(rate)
-            chunks = self._n_tokens
-            window = t_end - t_first
-            if chunks >= 2 and window > 0:
-                ending.per_chunk.record(window / (chunks - 1))
+            gaps = self._gaps
+            if gaps is not None and gaps.maximum >= 0:  # a gap was counted
+                ending.per_chunk.merge(gaps)
         if exemplars is not None:
             span_context = self._span.get_span_context()
             if span_context.trace_flags.sampled:  # as the SDK's trace-based filter
@@ -873,6 +882,7 @@ async def _observe_async(
             k = _measure(chunk, obs, count)
             if k:
                 obs.first_token()
+                tick = obs._gaps.tick  # type: ignore[union-attr]
                 n = k
                 if capture:
                     obs.record_output(chunk)
@@ -883,7 +893,10 @@ async def _observe_async(
             yield chunk
         if count is not None:
             async for chunk in it:
-                n += count(chunk)
+                k = count(chunk)
+                if k:
+                    n += k
+                    tick()
                 if capture:
                     obs.record_output(chunk)
                 yield chunk
@@ -891,6 +904,7 @@ async def _observe_async(
             async for chunk in it:  # the hot loop for text: count and pass through
                 if chunk:
                     n += 1
+                    tick()
                 yield chunk
         elif reader_for(chunk) is read_openai_chat and not capture:
             cls = chunk.__class__
@@ -904,9 +918,13 @@ async def _observe_async(
                         choice = choices[0]
                         if choice.finish_reason is None and choice.delta.content:
                             n += 1
+                            tick()
                             yield chunk
                             continue
-                n += reader_for(chunk)(chunk, obs)
+                k = reader_for(chunk)(chunk, obs)
+                if k:
+                    n += k
+                    tick()
                 if hide_usage and chunk.usage is not None and not chunk.choices:
                     continue
                 yield chunk
@@ -917,6 +935,7 @@ async def _observe_async(
                 k = (read or reader_for(chunk))(chunk, obs)
                 if k:
                     n += k
+                    tick()
                     if capture:
                         obs.record_output(chunk)
                 elif hide_usage and _usage_only(chunk):
@@ -967,6 +986,7 @@ def _observe_sync(
             k = _measure(chunk, obs, count)
             if k:
                 obs.first_token()
+                tick = obs._gaps.tick  # type: ignore[union-attr]
                 n = k
                 if capture:
                     obs.record_output(chunk)
@@ -977,7 +997,10 @@ def _observe_sync(
             yield chunk
         if count is not None:
             for chunk in it:
-                n += count(chunk)
+                k = count(chunk)
+                if k:
+                    n += k
+                    tick()
                 if capture:
                     obs.record_output(chunk)
                 yield chunk
@@ -985,6 +1008,7 @@ def _observe_sync(
             for chunk in it:
                 if chunk:
                     n += 1
+                    tick()
                 yield chunk
         elif reader_for(chunk) is read_openai_chat and not capture:
             cls = chunk.__class__
@@ -995,9 +1019,13 @@ def _observe_sync(
                         choice = choices[0]
                         if choice.finish_reason is None and choice.delta.content:
                             n += 1
+                            tick()
                             yield chunk
                             continue
-                n += reader_for(chunk)(chunk, obs)
+                k = reader_for(chunk)(chunk, obs)
+                if k:
+                    n += k
+                    tick()
                 if hide_usage and chunk.usage is not None and not chunk.choices:
                     continue
                 yield chunk
@@ -1008,6 +1036,7 @@ def _observe_sync(
                 k = (read or reader_for(chunk))(chunk, obs)
                 if k:
                     n += k
+                    tick()
                     if capture:
                         obs.record_output(chunk)
                 elif hide_usage and _usage_only(chunk):

@@ -20,6 +20,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 
 from ragobs import semconv
+from ragobs._gaps import BOUNDS, ChunkGaps
 from ragobs._labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES, LabelGuard, SeriesGuard
 from ragobs._summary_stats import CallStats, SummaryStats
 from ragobs._version import __version__
@@ -404,19 +405,62 @@ class BoundHistogram:
         self._storages: object = None
         self._targets: tuple[Any, ...] = ()
 
-    def record(self, value: float) -> None:
+    def _fast(self) -> tuple[Any, ...]:
+        """The series' aggregations when the fast path applies, else ()."""
         consumer = self._consumer
-        if consumer is not None:
-            storages = getattr(consumer, "_reader_storages", None)
-            if storages is not self._storages or not self._targets:
-                self._targets = _aggregations(self._histogram, storages, self._attributes)
-                self._storages = storages
-            if self._targets:
-                point = _Point(value, time_ns(), self._histogram)
-                for aggregation in self._targets:
-                    aggregation.aggregate(point, False)
-                return
+        if consumer is None:
+            return ()
+        storages = getattr(consumer, "_reader_storages", None)
+        if storages is not self._storages or not self._targets:
+            self._targets = _aggregations(self._histogram, storages, self._attributes)
+            self._storages = storages
+        return self._targets
+
+    def record(self, value: float) -> None:
+        targets = self._fast()
+        if targets:
+            point = _Point(value, time_ns(), self._histogram)
+            for aggregation in targets:
+                aggregation.aggregate(point, False)
+            return
         self._histogram.record(value, self._attributes, context=_NO_CONTEXT)
+
+    def merge(self, gaps: ChunkGaps) -> None:
+        """Add every value ``gaps`` counted, exactly as if each had been
+        recorded, into the series' aggregations at once. The series' first
+        value goes the SDK's way (which creates the series): the smallest gap,
+        a real one. Where the fast path does not apply, each bucket's mean is
+        recorded as often as it counted (the same bucket counts, count and sum)."""
+        targets = self._fast()
+        if not targets:
+            self._histogram.record(gaps.minimum, self._attributes, context=_NO_CONTEXT)
+            gaps = gaps.without_minimum()
+            targets = self._fast()
+        if targets and all(getattr(a, "_boundaries", None) == BOUNDS for a in targets):
+            total = sum(gaps.sums)
+            for aggregation in targets:
+                _add_counts(aggregation, gaps, total)
+            return
+        for count, seconds in zip(gaps.counts, gaps.sums, strict=True):
+            if count:
+                mean = seconds / count
+                for _ in range(count):
+                    self.record(mean)
+
+
+def _add_counts(aggregation: Any, gaps: ChunkGaps, total: float) -> None:
+    """What the SDK's explicit-bucket ``aggregate`` does for each value, for all at once."""
+    with aggregation._lock:
+        if aggregation._value is None:
+            aggregation._value = aggregation._get_empty_bucket_counts()
+        value = aggregation._value
+        for i, count in enumerate(gaps.counts):
+            if count:
+                value[i] += count
+        aggregation._sum += total
+        if aggregation._record_min_max:
+            aggregation._min = min(aggregation._min, gaps.minimum)
+            aggregation._max = max(aggregation._max, gaps.maximum)
 
 
 class _Point:

@@ -51,6 +51,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise ImportError("ragobs.langchain needs langchain-core: pip install 'ragobs[langchain]'"
                       ) from exc
 
+from ragobs._gaps import ChunkGaps
 from ragobs._stages import retrieval, stage, tool
 from ragobs._stream import StreamObservation, _check_telemetry_arg, _observation, observe_stream
 from ragobs._telemetry import Telemetry
@@ -176,8 +177,8 @@ class _Call(_Scope):
     """A chat model or LLM run: recorded when it ends, unless an observed
     SDK stream inside it claimed it (see :class:`ragobs._turn.PendingCall`)."""
 
-    __slots__ = ("chunks", "model", "pending", "provider", "t_first", "t_start", "token",
-                 "wall_start")
+    __slots__ = ("chunks", "gaps", "model", "pending", "provider", "t_first", "t_start",
+                 "token", "wall_start")
 
     def __init__(self, context: Context, model: str | None, provider: str | None) -> None:
         super().__init__(context)
@@ -186,6 +187,7 @@ class _Call(_Scope):
         self.t_start = time.perf_counter()
         self.wall_start = time.time_ns()
         self.t_first: float | None = None
+        self.gaps: ChunkGaps | None = None
         self.chunks = 0
         self.pending = PendingCall(context)
         self.token = pending_call.set(self.pending)
@@ -205,6 +207,7 @@ class _Call(_Scope):
         obs.start(self.t_start, context=self.context, span_start_ns=self.wall_start)
         if self.t_first is not None:
             obs.first_token(at=self.t_first)
+            obs._gaps = self.gaps
         if message is not None:
             read_chunk(message, obs)  # usage, response model, finish reason
         obs.set_token_count(self.chunks)
@@ -324,8 +327,11 @@ class RagobsCallbackHandler(BaseCallbackHandler):
         else:
             output = bool(token)
         if output:
-            if call.t_first is None:
-                call.t_first = time.perf_counter()
+            if call.gaps is None:
+                call.t_first = now = time.perf_counter()
+                call.gaps = ChunkGaps(now)
+            else:
+                call.gaps.tick()
             call.chunks += 1
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:

@@ -236,14 +236,12 @@ class RetryGiveUp(StrEnum):
 DURATION_BUCKETS: Final = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 )
-#: GenAI semconv advice for gen_ai.client.operation.time_to_first_chunk.
-TIME_TO_FIRST_CHUNK_BUCKETS: Final = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-)
-#: GenAI semconv advice for gen_ai.client.operation.time_per_output_chunk.
-TIME_PER_OUTPUT_CHUNK_BUCKETS: Final = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
-)
+#: GenAI semconv advice for the *client's* gen_ai.client.operation.time_to_first_chunk:
+#: the duration buckets (a reasoning model's 30 s first chunk lands in a finite
+#: bucket; the server metrics' advice stops at 10 s).
+TIME_TO_FIRST_CHUNK_BUCKETS: Final = DURATION_BUCKETS
+#: GenAI semconv advice for gen_ai.client.operation.time_per_output_chunk (the same).
+TIME_PER_OUTPUT_CHUNK_BUCKETS: Final = DURATION_BUCKETS
 #: GenAI semconv advice for gen_ai.client.token.usage ({token}).
 TOKEN_USAGE_BUCKETS: Final = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
@@ -290,7 +288,7 @@ TIME_TO_FIRST_CHUNK = InstrumentSpec(
 )
 TIME_PER_OUTPUT_CHUNK = InstrumentSpec(
     "gen_ai.client.operation.time_per_output_chunk", Kind.HISTOGRAM, "s",
-    "Mean gap between output chunks of one stream, recorded once per stream.",
+    "Time between consecutive output chunks of a stream, one value per chunk after the first.",
     TIME_PER_OUTPUT_CHUNK_BUCKETS, "gen_ai_client_operation_time_per_output_chunk_seconds",
 )
 TOKEN_USAGE = InstrumentSpec(
