@@ -9,9 +9,17 @@ GenAI semantic conventions define them). Nothing is patched globally: only
 the ``create`` methods of this client's resource objects are replaced, on the
 instance. Other calls pass through untouched.
 
+* Azure OpenAI clients (``AzureOpenAI`` / ``AsyncAzureOpenAI``) are labelled
+  ``gen_ai.provider.name=azure.ai.openai``, other OpenAI clients ``openai``.
 * OpenAI Chat Completions streams ask for usage in the stream
   (``stream_options={"include_usage": True}``) unless the call sets
-  ``stream_options`` itself or ``include_usage=False`` was given.
+  ``stream_options`` itself or ``include_usage=False`` was given. A server
+  that rejects the field (older Azure API versions, some OpenAI-compatible
+  servers: HTTP 400 naming ``stream_options``) costs no failed call: the
+  request is sent again at once without it, within the same call, and that
+  client stops asking (its token figures are then counted from chunks). The
+  refusal is a ``stream_options.rejected`` event on the call's span and the
+  hooks, logged at INFO once per client.
 * No hidden retries: while a ragobs retry wrapper makes an attempt, the call
   goes through a copy of the client with the SDK's own retries off
   (``with_options(max_retries=0)``), so the provider receives exactly the
@@ -22,12 +30,16 @@ instance. Other calls pass through untouched.
 
 from __future__ import annotations
 
+import logging
 import weakref
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import Any, Final, TypeVar
 
 from opentelemetry import context as otel_context
 
+from ragobs import semconv
+from ragobs._classify import http_status
+from ragobs._events import emit
 from ragobs._sources import aclose_source, close_source
 from ragobs._stream import (
     StreamObservation,
@@ -50,6 +62,8 @@ _RESOURCES: Final = {
     "anthropic": (("messages", "chat", False),),
 }
 _MARK: Final = "_ragobs_instrumented"
+#: The classes (anywhere in a client's MRO) of the openai SDK's Azure clients.
+_AZURE_CLASSES: Final = frozenset({"BaseAzureClient", "AzureOpenAI", "AsyncAzureOpenAI"})
 
 
 def instrument_client(
@@ -65,7 +79,8 @@ def instrument_client(
         client: an ``openai`` or ``anthropic`` client, sync or async
             (Azure and other subclasses included).
         include_usage: ask OpenAI Chat Completions streams to report usage
-            (``stream_options.include_usage``) unless a call says otherwise.
+            (``stream_options.include_usage``) unless a call says otherwise;
+            given up for this client if its server rejects the field.
         sdk_retries: ``None`` (default): the SDK's own retries are off for
             attempts made inside a ragobs retry wrapper and on elsewhere;
             ``False``: always off for streamed calls; ``True``: always on.
@@ -84,6 +99,7 @@ def instrument_client(
         return client
     is_async = type(client).__name__.startswith("Async")
     owner, resources = _targets(client, provider)
+    label = semconv.PROVIDER_AZURE_OPENAI if _is_azure(owner) else provider
     sibling = _NoRetrySibling(owner)
     for path, operation, takes_stream_options in resources:
         resource = _resolve(owner, path)
@@ -91,7 +107,8 @@ def instrument_client(
             continue
         settings = _Settings(
             original=resource.create, sibling=sibling, path=path, operation=operation,
-            provider=provider, include_usage=include_usage and takes_stream_options,
+            provider=label, client_name=type(owner).__name__,
+            include_usage=include_usage and takes_stream_options,
             sdk_retries=sdk_retries, telemetry=tel)
         resource.create = _async_create(settings) if is_async else _sync_create(settings)
     setattr(client, _MARK, True)
@@ -105,6 +122,10 @@ def _provider_of(client: object) -> str:
             return root
     raise TypeError("client must be an openai or anthropic client (OpenAI, AsyncOpenAI, "
                     f"Anthropic, AsyncAnthropic), got {type(client).__name__}")
+
+
+def _is_azure(client: object) -> bool:
+    return any(cls.__name__ in _AZURE_CLASSES for cls in type(client).__mro__)
 
 
 def _targets(client: Any, provider: str) -> tuple[Any, tuple[tuple[str, str, bool], ...]]:
@@ -152,17 +173,19 @@ class _NoRetrySibling:
 
 
 class _Settings:
-    __slots__ = ("include_usage", "operation", "original", "path", "provider", "sdk_retries",
-                 "sibling", "telemetry")
+    __slots__ = ("client_name", "include_usage", "operation", "original", "path", "provider",
+                 "sdk_retries", "sibling", "telemetry")
 
     def __init__(self, *, original: Callable[..., Any], sibling: _NoRetrySibling, path: str,
-                 operation: str, provider: str, include_usage: bool, sdk_retries: bool | None,
-                 telemetry: Telemetry | None) -> None:
+                 operation: str, provider: str, client_name: str, include_usage: bool,
+                 sdk_retries: bool | None, telemetry: Telemetry | None) -> None:
         self.original = original
         self.sibling = sibling
         self.path = path
         self.operation = operation
         self.provider = provider
+        self.client_name = client_name
+        #: Cleared for good when the server rejects ``stream_options``.
         self.include_usage = include_usage
         self.sdk_retries = sdk_retries
         self.telemetry = telemetry
@@ -185,6 +208,35 @@ class _Settings:
         target = self.original if retries else self.sibling.create(self.path)
         return obs, target, hide_usage
 
+    def drop_usage(self, exc: Exception, kwargs: dict[str, Any]) -> bool:
+        """Whether ``exc`` is the server refusing the ``stream_options`` ragobs added.
+
+        If so: take it out of ``kwargs``, stop adding it on this client, and
+        report the refusal (on the current span: the call's) -- the caller
+        sends the request again. Called only when ragobs added the field.
+        """
+        if not _rejects_stream_options(exc):
+            return False
+        del kwargs["stream_options"]
+        first, self.include_usage = self.include_usage, False
+        emit(semconv.EVENT_STREAM_OPTIONS_REJECTED, self.client_name, error=exc,
+             level=logging.INFO if first else logging.DEBUG,
+             message=f"{self.client_name}: the server rejects stream_options; streaming "
+                     "without it (token figures counted from chunks)")
+        return True
+
+
+def _rejects_stream_options(exc: BaseException) -> bool:
+    """An HTTP 400 whose error names ``stream_options`` (its message or ``param``)."""
+    if http_status(exc) != 400:
+        return False
+    body = getattr(exc, "body", None)
+    error = body.get("error", body) if isinstance(body, Mapping) else None
+    texts = [str(exc)]
+    if isinstance(error, Mapping):
+        texts += [str(error.get("message")), str(error.get("param"))]
+    return any("stream_options" in text for text in texts)
+
 
 def _streaming(kwargs: dict[str, Any]) -> bool:
     return kwargs.get("stream") is True
@@ -199,7 +251,16 @@ def _async_create(settings: _Settings) -> Callable[..., Any]:
         obs, target, hide_usage = settings.begin(kwargs)
         token = otel_context.attach(obs._ctx)  # type: ignore[arg-type]
         try:
-            stream = await target(*args, **kwargs)
+            rejected = False
+            try:
+                stream = await target(*args, **kwargs)
+            except Exception as exc:
+                if not (hide_usage and settings.drop_usage(exc, kwargs)):
+                    raise
+                rejected = True
+            if rejected:  # sent again outside the handler, so no failure chains the 400
+                hide_usage = False
+                stream = await target(*args, **kwargs)
         except BaseException as exc:
             obs.finish(exc)
             raise
@@ -221,7 +282,16 @@ def _sync_create(settings: _Settings) -> Callable[..., Any]:
         obs, target, hide_usage = settings.begin(kwargs)
         token = otel_context.attach(obs._ctx)  # type: ignore[arg-type]
         try:
-            stream = target(*args, **kwargs)
+            rejected = False
+            try:
+                stream = target(*args, **kwargs)
+            except Exception as exc:
+                if not (hide_usage and settings.drop_usage(exc, kwargs)):
+                    raise
+                rejected = True
+            if rejected:  # sent again outside the handler, so no failure chains the 400
+                hide_usage = False
+                stream = target(*args, **kwargs)
         except BaseException as exc:
             obs.finish(exc)
             raise

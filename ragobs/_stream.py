@@ -111,9 +111,9 @@ class _Ending:
 
     __slots__ = (
         "attrs", "duration", "error_type", "exemplars", "input_attrs", "input_tokens", "key",
-        "outcome", "output_attrs", "output_tokens", "per_chunk", "phase_keys", "rate", "ttft",
-        "turn_calls", "turn_duration", "turn_input", "turn_output", "turn_rate", "turn_tools",
-        "turn_ttft",
+        "outcome", "output_attrs", "output_tokens", "per_chunk", "phase_keys", "rate",
+        "ttfa", "ttft", "turn_calls", "turn_duration", "turn_input", "turn_output",
+        "turn_rate", "turn_tools", "turn_ttft",
     )
 
     def __init__(self, telemetry: Telemetry, span_attributes: dict[str, str],
@@ -134,6 +134,7 @@ class _Ending:
         self.input_tokens = BoundHistogram(telemetry.token_usage, self.input_attrs)
         self.rate = BoundHistogram(telemetry.output_token_rate, attrs)
         self.per_chunk = BoundHistogram(telemetry.time_per_output_chunk, attrs)
+        self.ttfa = BoundHistogram(telemetry.time_to_first_answer_chunk, attrs)
         # The turn's series (the same labels: a turn of one call is both).
         self.turn_duration = BoundHistogram(telemetry.turn_duration, attrs)
         self.turn_ttft = BoundHistogram(telemetry.turn_time_to_first_chunk, attrs)
@@ -265,8 +266,8 @@ class StreamObservation:
 
     __slots__ = (
         "_also",
-        "_cache_creation",
         "_cache_read",
+        "_cache_write",
         "_content",
         "_ctx",
         "_finish_reasons",
@@ -281,9 +282,11 @@ class StreamObservation:
         "_phase",
         "_provider",
         "_reasoning",
+        "_reasoning_chunk",
         "_response_id",
         "_room",
         "_span",
+        "_t_answer",
         "_t_first",
         "_t_start",
         "_telemetry",
@@ -313,14 +316,19 @@ class StreamObservation:
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
         self._cache_read: int | None = None
-        self._cache_creation: int | None = None
+        self._cache_write: int | None = None
         self._reasoning: int | None = None
         #: The model that answered, once a chunk said (gen_ai.response.model).
         self.response_model: str | None = None
         #: The provider whose wire format the chunks are in, once one said.
         self._provider: str | None = None
         self._response_id: str | None = None
-        self._finish_reasons: list[str] | None = None
+        #: choice index -> its finish reason
+        self._finish_reasons: dict[int, str] | None = None
+        #: When the first chunk of the answer itself arrived (after any reasoning).
+        self._t_answer: float | None = None
+        #: The chunk being read carries reasoning only (set by its reader).
+        self._reasoning_chunk = False
         self._finished = False
         #: The gaps between output chunks, from the first one on.
         self._gaps: ChunkGaps | None = None
@@ -342,6 +350,10 @@ class StreamObservation:
                 self._span.add_event(semconv.EVENT_FIRST_CHUNK, timestamp=time.time_ns()
                                      - int((_perf() - at) * 1e9))
             self._gaps = ChunkGaps(t_first)
+            if self._reasoning_chunk:  # the model thinks first: the answer comes later
+                self._reasoning_chunk = False
+            else:
+                self._t_answer = t_first
             turn = self._turn
             if turn is not None:
                 if self._owns_turn:
@@ -382,7 +394,11 @@ class StreamObservation:
             if self._t_first is None:
                 self.first_token()
             else:
-                self._gaps.tick()  # type: ignore[union-attr]
+                gaps = self._gaps
+                gaps.tick()  # type: ignore[union-attr]
+                if self._t_answer is None and not self._reasoning_chunk:
+                    self._t_answer = gaps.last  # type: ignore[union-attr]
+            self._reasoning_chunk = False
             self._n_tokens += n
             if self._content is not None:
                 self.record_output(chunk)
@@ -402,15 +418,18 @@ class StreamObservation:
 
     def note_usage(self, *, input_tokens: int | None = None, output_tokens: int | None = None,
                    cache_read_input_tokens: int | None = None,
-                   cache_creation_input_tokens: int | None = None,
-                   reasoning_output_tokens: int | None = None, add: bool = False) -> None:
-        """Usage read from a chunk (see :class:`ragobs.chunks.ChunkSink`)."""
+                   cache_write_input_tokens: int | None = None,
+                   reasoning_output_tokens: int | None = None, add: bool = False,
+                   cache_creation_input_tokens: int | None = None) -> None:
+        """Usage read from a chunk (see :class:`ragobs.chunks.ChunkSink`);
+        ``cache_creation_input_tokens`` is the old name of ``cache_write_input_tokens``."""
+        if cache_write_input_tokens is None:
+            cache_write_input_tokens = cache_creation_input_tokens
         if add:
             input_tokens = _plus(self._input_tokens, input_tokens)
             output_tokens = _plus(self._output_tokens, output_tokens)
             cache_read_input_tokens = _plus(self._cache_read, cache_read_input_tokens)
-            cache_creation_input_tokens = _plus(self._cache_creation,
-                                                cache_creation_input_tokens)
+            cache_write_input_tokens = _plus(self._cache_write, cache_write_input_tokens)
             reasoning_output_tokens = _plus(self._reasoning, reasoning_output_tokens)
         if input_tokens is not None:
             self._input_tokens = input_tokens
@@ -418,13 +437,19 @@ class StreamObservation:
             self._output_tokens = output_tokens
         if cache_read_input_tokens is not None:
             self._cache_read = cache_read_input_tokens
-        if cache_creation_input_tokens is not None:
-            self._cache_creation = cache_creation_input_tokens
+        if cache_write_input_tokens is not None:
+            self._cache_write = cache_write_input_tokens
         if reasoning_output_tokens is not None:
             self._reasoning = reasoning_output_tokens
 
+    def note_reasoning(self) -> None:
+        """The chunk being read carries reasoning output only
+        (see :class:`ragobs.chunks.ChunkSink`)."""
+        self._reasoning_chunk = True
+
     def note_response(self, *, model: str | None = None, response_id: str | None = None,
-                      finish_reason: str | None = None, provider: str | None = None) -> None:
+                      finish_reason: str | None = None, provider: str | None = None,
+                      choice: int = 0) -> None:
         """Response metadata read from a chunk (see :class:`ragobs.chunks.ChunkSink`)."""
         if model and isinstance(model, str):
             self.response_model = model
@@ -435,9 +460,9 @@ class StreamObservation:
         if finish_reason:
             reasons = self._finish_reasons
             if reasons is None:
-                self._finish_reasons = [finish_reason]
-            elif finish_reason not in reasons and len(reasons) < _FINISH_REASONS_KEPT:
-                reasons.append(finish_reason)
+                self._finish_reasons = {choice: finish_reason}
+            elif choice in reasons or len(reasons) < _FINISH_REASONS_KEPT:
+                reasons[choice] = finish_reason
 
     def record_output(self, chunk: object) -> None:
         """Keep the text of ``chunk`` for the span's ``gen_ai.output.messages``:
@@ -637,6 +662,8 @@ class StreamObservation:
                 tel.time_to_first_chunk.record(ttft, attrs, context=exemplar_ctx)
             if rate is not None:
                 ending.rate.record(rate)
+            if self._t_answer is not None:
+                ending.ttfa.record(self._t_answer - self._t_start)
             gaps = self._gaps
             if gaps is not None and gaps.maximum >= 0:  # a gap was counted
                 ending.per_chunk.merge(gaps)
@@ -719,16 +746,20 @@ class StreamObservation:
             span_attrs[semconv.FAILED_CALLS] = turn.failed_calls
         if ttft is not None:
             span_attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
+            if self._t_answer is not None:
+                span_attrs[semconv.RESPONSE_TIME_TO_FIRST_ANSWER_CHUNK] = (
+                    self._t_answer - self._t_start)
         for key, value in ((semconv.USAGE_INPUT_TOKENS, input_tokens),
                            (semconv.USAGE_CACHE_READ_INPUT_TOKENS, self._cache_read),
-                           (semconv.USAGE_CACHE_CREATION_INPUT_TOKENS, self._cache_creation),
+                           (semconv.USAGE_CACHE_WRITE_INPUT_TOKENS, self._cache_write),
                            (semconv.USAGE_REASONING_OUTPUT_TOKENS, self._reasoning),
                            (semconv.RESPONSE_MODEL, self.response_model),
                            (semconv.RESPONSE_ID, self._response_id)):
             if value is not None:
                 span_attrs[key] = value
         if self._finish_reasons:
-            span_attrs[semconv.RESPONSE_FINISH_REASONS] = tuple(self._finish_reasons)
+            reasons = self._finish_reasons
+            span_attrs[semconv.RESPONSE_FINISH_REASONS] = tuple(reasons[i] for i in sorted(reasons))
         if self._content:
             span_attrs[semconv.OUTPUT_MESSAGES] = json.dumps([{
                 "role": "assistant",
@@ -906,7 +937,7 @@ async def _observe_async(
                     n += 1
                     tick()
                 yield chunk
-        elif reader_for(chunk) is read_openai_chat and not capture:
+        elif reader_for(chunk) is read_openai_chat and not capture and obs._t_answer is not None:
             cls = chunk.__class__
             async for chunk in it:  # the hot loop for OpenAI chat chunks
                 # A plain content delta (the bulk of a stream) is told by five
@@ -930,12 +961,18 @@ async def _observe_async(
                 yield chunk
         else:
             get = readers.get
+            thinking = obs._t_answer is None
             async for chunk in it:  # the hot loop for chunk objects
                 read: ChunkReader | None = get(chunk.__class__)
                 k = (read or reader_for(chunk))(chunk, obs)
                 if k:
                     n += k
                     tick()
+                    if thinking:  # the model reasoned first: is this the answer?
+                        thinking = obs._reasoning_chunk
+                        obs._reasoning_chunk = False
+                        if not thinking:
+                            obs._t_answer = obs._gaps.last  # type: ignore[union-attr]
                     if capture:
                         obs.record_output(chunk)
                 elif hide_usage and _usage_only(chunk):
@@ -1010,7 +1047,7 @@ def _observe_sync(
                     n += 1
                     tick()
                 yield chunk
-        elif reader_for(chunk) is read_openai_chat and not capture:
+        elif reader_for(chunk) is read_openai_chat and not capture and obs._t_answer is not None:
             cls = chunk.__class__
             for chunk in it:  # as in _observe_async
                 if chunk.__class__ is cls and chunk.usage is None:
@@ -1031,12 +1068,18 @@ def _observe_sync(
                 yield chunk
         else:
             get = readers.get
+            thinking = obs._t_answer is None
             for chunk in it:
                 read: ChunkReader | None = get(chunk.__class__)
                 k = (read or reader_for(chunk))(chunk, obs)
                 if k:
                     n += k
                     tick()
+                    if thinking:  # the model reasoned first: is this the answer?
+                        thinking = obs._reasoning_chunk
+                        obs._reasoning_chunk = False
+                        if not thinking:
+                            obs._t_answer = obs._gaps.last  # type: ignore[union-attr]
                     if capture:
                         obs.record_output(chunk)
                 elif hide_usage and _usage_only(chunk):

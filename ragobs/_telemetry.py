@@ -263,6 +263,8 @@ class Telemetry:
         self.operation_duration: Histogram = self.histogram(semconv.OPERATION_DURATION)
         self.time_to_first_chunk: Histogram = self.histogram(semconv.TIME_TO_FIRST_CHUNK)
         self.time_per_output_chunk: Histogram = self.histogram(semconv.TIME_PER_OUTPUT_CHUNK)
+        self.time_to_first_answer_chunk: Histogram = self.histogram(
+            semconv.TIME_TO_FIRST_ANSWER_CHUNK)
         self.token_usage: Histogram = self.histogram(semconv.TOKEN_USAGE)
         self.output_token_rate: Histogram = self.histogram(semconv.OUTPUT_TOKEN_RATE)
         self.stage_duration: Histogram = self.histogram(semconv.STAGE_DURATION)

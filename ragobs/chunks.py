@@ -47,15 +47,23 @@ class ChunkSink(Protocol):
     def note_usage(self, *, input_tokens: int | None = None,
                    output_tokens: int | None = None,
                    cache_read_input_tokens: int | None = None,
-                   cache_creation_input_tokens: int | None = None,
+                   cache_write_input_tokens: int | None = None,
                    reasoning_output_tokens: int | None = None,
                    add: bool = False) -> None:
         """Provider-reported usage: replaces what was noted before, or adds to
-        it when ``add`` (streams that report usage in parts)."""
+        it when ``add`` (streams that report usage in parts). Cache writes are
+        ``cache_write_input_tokens`` (the sink also takes their old name,
+        ``cache_creation_input_tokens``)."""
+
+    def note_reasoning(self) -> None:
+        """The chunk being read carries reasoning (thinking) output and no answer:
+        it counts for the time to first chunk, not for the time to first answer chunk."""
 
     def note_response(self, *, model: str | None = None, response_id: str | None = None,
-                      finish_reason: str | None = None, provider: str | None = None) -> None:
-        """Response metadata: the model that answered, its id, a finish reason,
+                      finish_reason: str | None = None, provider: str | None = None,
+                      choice: int = 0) -> None:
+        """Response metadata: the model that answered, its id, a finish reason
+        (of choice ``choice``: one is kept per choice),
         and the provider whose wire format the chunk is in (``gen_ai.provider.name``)."""
 
 
@@ -69,6 +77,9 @@ class _Discard:
     response_model: str | None = ""
 
     def note_usage(self, **_: Any) -> None:
+        pass
+
+    def note_reasoning(self) -> None:
         pass
 
     def note_response(self, **_: Any) -> None:
@@ -109,6 +120,12 @@ def _delta_output(delta: Any) -> bool:
                 or _get(delta, "function_call"))
 
 
+def _delta_reasoning(delta: Any) -> bool:
+    """Reasoning text, as OpenAI-compatible servers stream it (DeepSeek, vLLM,
+    OpenRouter, ...): ``reasoning_content`` or ``reasoning``."""
+    return bool(_get(delta, "reasoning_content") or _get(delta, "reasoning"))
+
+
 def _openai_usage(usage: Any, sink: ChunkSink) -> None:
     prompt = _get(usage, "prompt_tokens_details")
     completion = _get(usage, "completion_tokens_details")
@@ -133,15 +150,26 @@ def read_openai_chat(chunk: Any, sink: ChunkSink) -> int:
             if delta.content or getattr(delta, "refusal", None) \
                     or getattr(delta, "tool_calls", None):
                 return 1
+            if _delta_reasoning(delta):
+                sink.note_reasoning()
+                return 1
             return 0
     n = 0
+    answer = False
     for choice in choices:
         delta = choice.delta
-        if delta is not None and (delta.content or getattr(delta, "refusal", None)
-                                  or getattr(delta, "tool_calls", None)):
-            n += 1
+        if delta is not None:
+            if delta.content or getattr(delta, "refusal", None) \
+                    or getattr(delta, "tool_calls", None):
+                n += 1
+                answer = True
+            elif _delta_reasoning(delta):
+                n += 1
         if choice.finish_reason:
-            sink.note_response(finish_reason=str(choice.finish_reason))
+            sink.note_response(finish_reason=str(choice.finish_reason),
+                               choice=_int(getattr(choice, "index", 0)) or 0)
+    if n and not answer:
+        sink.note_reasoning()
     if usage is not None:
         _openai_usage(usage, sink)
     if sink.response_model is None:
@@ -152,12 +180,19 @@ def read_openai_chat(chunk: Any, sink: ChunkSink) -> int:
 
 def _read_openai_chat_dict(chunk: Mapping[str, Any], sink: ChunkSink) -> int:
     n = 0
+    answer = False
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta")
         if delta and _delta_output(delta):
             n += 1
+            answer = True
+        elif delta and _delta_reasoning(delta):
+            n += 1
         if choice.get("finish_reason"):
-            sink.note_response(finish_reason=str(choice["finish_reason"]))
+            sink.note_response(finish_reason=str(choice["finish_reason"]),
+                               choice=_int(choice.get("index")) or 0)
+    if n and not answer:
+        sink.note_reasoning()
     usage = chunk.get("usage")
     if usage:
         _openai_usage(usage, sink)
@@ -172,6 +207,13 @@ def _read_openai_chat_dict(chunk: Mapping[str, Any], sink: ChunkSink) -> int:
 
 def _delta_text(event: Any, sink: ChunkSink) -> int:
     return 1 if _get(event, "delta") else 0
+
+
+def _reasoning_delta(event: Any, sink: ChunkSink) -> int:
+    if _get(event, "delta"):
+        sink.note_reasoning()
+        return 1
+    return 0
 
 
 def _responses_response(event: Any, sink: ChunkSink) -> int:
@@ -206,7 +248,7 @@ def _anthropic_usage(usage: Any, sink: ChunkSink) -> None:
     # which Anthropic reports apart.
     inputs = None if uncached is None else uncached + (read or 0) + (created or 0)
     sink.note_usage(input_tokens=inputs, output_tokens=_int(_get(usage, "output_tokens")),
-                    cache_read_input_tokens=read, cache_creation_input_tokens=created)
+                    cache_read_input_tokens=read, cache_write_input_tokens=created)
 
 
 def _anthropic_message_start(event: Any, sink: ChunkSink) -> int:
@@ -224,7 +266,12 @@ def _anthropic_block_delta(event: Any, sink: ChunkSink) -> int:
     delta = _get(event, "delta")
     if delta is None:
         return 0
-    return 1 if (_get(delta, "text") or _get(delta, "partial_json")) else 0
+    if _get(delta, "text") or _get(delta, "partial_json"):
+        return 1
+    if _get(delta, "thinking"):  # a thinking_delta (a signature_delta is no output)
+        sink.note_reasoning()
+        return 1
+    return 0
 
 
 def _anthropic_message_delta(event: Any, sink: ChunkSink) -> int:
@@ -251,6 +298,8 @@ _EVENTS: Final[dict[str, ChunkReader]] = {
     "response.output_text.delta": _delta_text,
     "response.refusal.delta": _delta_text,
     "response.function_call_arguments.delta": _delta_text,
+    "response.reasoning_text.delta": _reasoning_delta,
+    "response.reasoning_summary_text.delta": _reasoning_delta,
     "response.created": _responses_response,
     "response.in_progress": _responses_response,
     "response.completed": _responses_response,
@@ -289,6 +338,16 @@ def _content_output(content: Any) -> bool:
     return False
 
 
+def _content_reasoning(content: Any) -> bool:
+    """Reasoning content blocks: Anthropic's ``thinking``, LangChain's ``reasoning``."""
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, Mapping) and block.get("type") in ("thinking", "reasoning") \
+                    and (block.get("thinking") or block.get("reasoning")):
+                return True
+    return False
+
+
 def read_langchain(chunk: Any, sink: ChunkSink) -> int:
     """A LangChain ``AIMessageChunk`` / ``BaseMessageChunk``."""
     n = 1 if _content_output(chunk.content) else 0
@@ -297,6 +356,10 @@ def read_langchain(chunk: Any, sink: ChunkSink) -> int:
             if _get(call, "args"):  # a chunk naming the tool is its opening, not output
                 n = 1
                 break
+    if not n and (_content_reasoning(chunk.content) or _get(
+            getattr(chunk, "additional_kwargs", None) or {}, "reasoning_content")):
+        sink.note_reasoning()
+        n = 1
     usage = getattr(chunk, "usage_metadata", None)
     if usage:
         inputs = _get(usage, "input_token_details") or {}
@@ -305,7 +368,7 @@ def read_langchain(chunk: Any, sink: ChunkSink) -> int:
             input_tokens=_int(_get(usage, "input_tokens")),
             output_tokens=_int(_get(usage, "output_tokens")),
             cache_read_input_tokens=_int(_get(inputs, "cache_read")),
-            cache_creation_input_tokens=_int(_get(inputs, "cache_creation")),
+            cache_write_input_tokens=_int(_get(inputs, "cache_creation")),
             reasoning_output_tokens=_int(_get(outputs, "reasoning")),
             add=True,
         )

@@ -51,6 +51,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise ImportError("ragobs.langchain needs langchain-core: pip install 'ragobs[langchain]'"
                       ) from exc
 
+from ragobs import semconv
 from ragobs._gaps import ChunkGaps
 from ragobs._stages import retrieval, stage, tool
 from ragobs._stream import StreamObservation, _check_telemetry_arg, _observation, observe_stream
@@ -62,7 +63,7 @@ __all__ = ["RagobsCallbackHandler", "answer_text", "instrument_langchain"]
 
 #: LangChain's ``ls_provider`` -> ``gen_ai.provider.name`` where they differ.
 _PROVIDERS: Final = {
-    "azure": "azure.ai.openai",
+    "azure": semconv.PROVIDER_AZURE_OPENAI,
     "google_genai": "gcp.gen_ai",
     "google_vertexai": "gcp.vertex_ai",
     "bedrock": "aws.bedrock",

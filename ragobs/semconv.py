@@ -30,6 +30,7 @@ __all__ = [
     "EVENT_RATELIMIT_WAIT",
     "EVENT_RETRY",
     "EVENT_RETRY_EXHAUSTED",
+    "EVENT_STREAM_OPTIONS_REJECTED",
     "EVENT_TIMEOUT",
     "FAILED_CALLS",
     "FALLBACKS",
@@ -46,6 +47,7 @@ __all__ = [
     "OUTPUT_MESSAGES",
     "OUTPUT_TOKEN_RATE",
     "PHASE",
+    "PROVIDER_AZURE_OPENAI",
     "PROVIDER_NAME",
     "PUSH_DROPPED",
     "RATELIMIT_ACQUISITIONS",
@@ -87,6 +89,7 @@ __all__ = [
     "TIMEOUT_LIMIT_S",
     "TIME_PER_OUTPUT_CHUNK",
     "TIME_PER_OUTPUT_CHUNK_BUCKETS",
+    "TIME_TO_FIRST_ANSWER_CHUNK",
     "TIME_TO_FIRST_CHUNK",
     "TIME_TO_FIRST_CHUNK_BUCKETS",
     "TOKEN_RATE_BUCKETS",
@@ -103,8 +106,8 @@ __all__ = [
     "TURN_TOKEN_USAGE",
     "TURN_TOOL_CALLS",
     "TURN_TTFT_PHASES",
-    "USAGE_CACHE_CREATION_INPUT_TOKENS",
     "USAGE_CACHE_READ_INPUT_TOKENS",
+    "USAGE_CACHE_WRITE_INPUT_TOKENS",
     "USAGE_INPUT_TOKENS",
     "USAGE_OUTPUT_TOKENS",
     "USAGE_REASONING_OUTPUT_TOKENS",
@@ -122,6 +125,8 @@ __all__ = [
 
 OPERATION_NAME: Final = "gen_ai.operation.name"
 PROVIDER_NAME: Final = "gen_ai.provider.name"
+#: gen_ai.provider.name of Azure OpenAI (the conventions' value).
+PROVIDER_AZURE_OPENAI: Final = "azure.ai.openai"
 REQUEST_MODEL: Final = "gen_ai.request.model"
 TOKEN_TYPE: Final = "gen_ai.token.type"
 DATA_SOURCE_ID: Final = "gen_ai.data_source.id"
@@ -129,8 +134,11 @@ ERROR_TYPE: Final = "error.type"
 USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+#: ragobs' own: the time to the first chunk of the answer, after any reasoning output.
+RESPONSE_TIME_TO_FIRST_ANSWER_CHUNK: Final = "ragobs.response.time_to_first_answer_chunk"
 USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
-USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+#: Tokens written to the provider's prompt cache (was ``cache_creation``; renamed upstream).
+USAGE_CACHE_WRITE_INPUT_TOKENS: Final = "gen_ai.usage.cache_write.input_tokens"
 USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
 REQUEST_STREAM: Final = "gen_ai.request.stream"
 RESPONSE_MODEL: Final = "gen_ai.response.model"
@@ -193,6 +201,8 @@ class TokenType(StrEnum):
 # --- span event names ------------------------------------------------------
 
 EVENT_FIRST_CHUNK: Final = "gen_ai.first_chunk"
+#: The server refused the ``stream_options`` ragobs added to ask for usage (sent again without).
+EVENT_STREAM_OPTIONS_REJECTED: Final = "stream_options.rejected"
 EVENT_RATELIMIT_WAIT: Final = "ratelimit.wait"
 EVENT_RATELIMIT_REJECTED: Final = "ratelimit.rejected"
 #: An acquisition decided without the shared limiter's backend (Redis).
@@ -290,6 +300,13 @@ TIME_PER_OUTPUT_CHUNK = InstrumentSpec(
     "gen_ai.client.operation.time_per_output_chunk", Kind.HISTOGRAM, "s",
     "Time between consecutive output chunks of a stream, one value per chunk after the first.",
     TIME_PER_OUTPUT_CHUNK_BUCKETS, "gen_ai_client_operation_time_per_output_chunk_seconds",
+)
+TIME_TO_FIRST_ANSWER_CHUNK = InstrumentSpec(
+    "ragobs.stream.time_to_first_answer_chunk", Kind.HISTOGRAM, "s",
+    "Time from the start of a streamed operation to its first chunk of the answer itself "
+    "(text, refusal or tool call), after any reasoning output; equal to the time to first "
+    "chunk when the model streams no reasoning.",
+    DURATION_BUCKETS, "ragobs_stream_time_to_first_answer_chunk_seconds",
 )
 TOKEN_USAGE = InstrumentSpec(
     "gen_ai.client.token.usage", Kind.HISTOGRAM, "{token}",
@@ -420,7 +437,8 @@ PUSH_DROPPED = InstrumentSpec(
 )
 
 ALL_INSTRUMENTS: Final = (
-    OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK, TOKEN_USAGE,
+    OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK, TIME_TO_FIRST_ANSWER_CHUNK,
+    TOKEN_USAGE,
     OUTPUT_TOKEN_RATE, REQUESTS, ERRORS, REQUESTS_ACTIVE, TURN_DURATION,
     TURN_TIME_TO_FIRST_CHUNK, TURN_TOKEN_USAGE, TURN_OUTPUT_TOKEN_RATE, TURN_INFERENCE_CALLS,
     TURN_TOOL_CALLS, TURN_TTFT_PHASES, STAGE_DURATION,

@@ -5,6 +5,9 @@
 * ``POST /v1/chat/completions`` (OpenAI Chat Completions),
 * ``POST /v1/responses`` (OpenAI Responses),
 * ``POST /v1/messages`` (Anthropic Messages),
+* ``POST /openai/deployments/{deployment}/chat/completions`` (Azure OpenAI's path for
+  Chat Completions, answered as ``/v1/chat/completions``; ``azure_url`` is the
+  ``azure_endpoint`` to give ``openai.AsyncAzureOpenAI``),
 
 streamed (``"stream": true``) or not, in the providers' own wire formats: the same
 headers, SSE framing, event order, JSON shapes (compact, field for field) and error
@@ -41,6 +44,7 @@ import abc
 import asyncio
 import json
 import random
+import re
 import socket
 import string
 import threading
@@ -76,6 +80,13 @@ _PATHS: dict[str, Api] = {
     "/v1/responses": "responses",
     "/v1/messages": "anthropic",
 }
+#: Azure OpenAI: ``/openai/deployments/{deployment}`` + the OpenAI path without ``/v1``.
+_AZURE_PATH = re.compile(r"/openai/deployments/[^/]+(/chat/completions)")
+
+
+def _api_of(path: str) -> Api | None:
+    azure = _AZURE_PATH.fullmatch(path)
+    return _PATHS.get("/v1" + azure.group(1) if azure else path)
 
 
 class _DefaultModel(str):
@@ -200,6 +211,8 @@ class Seen:
     aborted: bool = False
     #: The server is through with the request, whatever the outcome (set last).
     done: bool = False
+    #: The query parameters (Azure's ``api-version``...).
+    query: dict[str, str] = field(default_factory=dict)
 
 
 class _Disconnected(Exception):
@@ -424,8 +437,8 @@ class _Exchange:
 class ProviderServer:
     """OpenAI and Anthropic look-alike on 127.0.0.1, in the running event loop.
 
-    ``openai_url`` (``http://127.0.0.1:PORT/v1``) and ``anthropic_url``
-    (``http://127.0.0.1:PORT``) are set by :meth:`start`.
+    ``openai_url`` (``http://127.0.0.1:PORT/v1``), ``anthropic_url`` and
+    ``azure_url`` (``http://127.0.0.1:PORT``) are set by :meth:`start`.
     """
 
     def __init__(self) -> None:
@@ -446,6 +459,11 @@ class ProviderServer:
 
     @property
     def anthropic_url(self) -> str:
+        return self.base_url
+
+    @property
+    def azure_url(self) -> str:
+        """The ``azure_endpoint`` of an Azure OpenAI client."""
         return self.base_url
 
     def script(self, *replies: Reply) -> None:
@@ -506,7 +524,7 @@ class ProviderServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         t_received = _now()
-        api = _PATHS.get(request.path) if request.method == "POST" else None
+        api = _api_of(request.path) if request.method == "POST" else None
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else None
@@ -519,6 +537,7 @@ class ProviderServer:
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body, reply=reply, request_id=request_id, t_received=t_received, api=api,
             stream=isinstance(body, dict) and body.get("stream") is True,
+            query=dict(request.query),
         )
         self.requests.append(seen)
         exchange = _Exchange(request, seen)
@@ -938,6 +957,10 @@ class ThreadedProviderServer:
     @property
     def anthropic_url(self) -> str:
         return self.server.anthropic_url
+
+    @property
+    def azure_url(self) -> str:
+        return self.server.azure_url
 
     @property
     def requests(self) -> list[Seen]:
