@@ -160,6 +160,19 @@ class Reply:
     #: ``prompt_tokens_details.cached_tokens`` / ``input_tokens_details.cached_tokens``
     #: (Anthropic: ``cache_read_input_tokens``).
     cached_tokens: int = 0
+    #: Anthropic ``cache_creation_input_tokens`` (input tokens written to the prompt cache).
+    cache_write_tokens: int = 0
+    #: Reasoning streamed before the pieces (stream only): Anthropic a ``thinking`` block
+    #: (``thinking_delta``s, then its ``signature_delta``), Chat Completions
+    #: ``delta.reasoning_content`` (as DeepSeek and vLLM stream it). The first of them
+    #: comes after ``first_content_delay``, the first piece after ``answer_delay``.
+    thinking: tuple[str, ...] = ()
+    answer_delay: float = 0.0
+    #: Chat Completions (stream only): the number of choices (``n``); every piece is sent
+    #: for each, one chunk per choice, and each ends with its own finish chunk.
+    choices: int = 1
+    #: Chat Completions: the finish reason of each choice (default: ``finish_reason`` for all).
+    choice_finish_reasons: tuple[str, ...] = ()
     #: Error replies: this JSON object instead of the provider's standard error body.
     error_body: dict[str, Any] | None = None
 
@@ -398,10 +411,12 @@ class _Exchange:
         if reply.cut_after is not None and reply.cut_after <= 0:
             self.cut()
             return
+        answer_at = len(reply.thinking) if self.seen.api in ("chat", "anthropic") else -1
         for index, delta in enumerate(deltas):
             if reply.keepalive:
                 await self.send(keepalive)
-            await self.sleep(reply.first_content_delay if index == 0 else reply.chunk_delay)
+            await self.sleep(reply.first_content_delay if index == 0 else
+                             reply.answer_delay if index == answer_at else reply.chunk_delay)
             await self.content(delta)
             if reply.cut_after is not None and index + 1 >= reply.cut_after:
                 self.cut()
@@ -688,9 +703,14 @@ class _Chat(_Api):
             obj["obfuscation"] = _alnum(random.randint(1, 12))
         return _data(obj)
 
-    def choice(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return self.chunk([{"index": 0, "delta": delta, "logprobs": None,
+    def choice(self, delta: dict[str, Any], finish_reason: str | None = None,
+               index: int = 0) -> bytes:
+        return self.chunk([{"index": index, "delta": delta, "logprobs": None,
                             "finish_reason": finish_reason}])
+
+    def each_choice(self, delta: dict[str, Any]) -> bytes:
+        """``delta`` once per choice (``Reply.choices``), as consecutive chunks."""
+        return b"".join(self.choice(delta, index=i) for i in range(self.reply.choices))
 
     def events(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
         r = self.reply
@@ -709,12 +729,14 @@ class _Chat(_Api):
             deltas = [{"refusal": p} for p in r.pieces]
         else:
             role = {"role": "assistant", "content": "", "refusal": None}
-            deltas = [{"content": p} for p in r.pieces]
-        tail = [self.choice({}, self.finish_reason)]
+            deltas = [{"reasoning_content": p} for p in r.thinking]
+            deltas += [{"content": p} for p in r.pieces]
+        reasons = r.choice_finish_reasons or (self.finish_reason,) * r.choices
+        tail = [self.choice({}, reason, index=i) for i, reason in enumerate(reasons)]
         if self.include_usage:
             tail.append(self.chunk([], self.usage()))
         tail.append(b"data: [DONE]\n\n")
-        return [self.choice(role)], [self.choice(d) for d in deltas], tail
+        return [self.each_choice(role)], [self.each_choice(d) for d in deltas], tail
 
     def whole(self) -> bytes:
         r = self.reply
@@ -880,9 +902,10 @@ class _Anthropic(_Api):
     def usage(self, output_tokens: int) -> dict[str, Any]:
         r = self.reply
         return {
-            "input_tokens": r.input_tokens, "cache_creation_input_tokens": 0,
+            "input_tokens": r.input_tokens, "cache_creation_input_tokens": r.cache_write_tokens,
             "cache_read_input_tokens": r.cached_tokens,
-            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "cache_creation": {"ephemeral_5m_input_tokens": r.cache_write_tokens,
+                               "ephemeral_1h_input_tokens": 0},
             "output_tokens": output_tokens, "service_tier": "standard",
         }
 
@@ -901,29 +924,49 @@ class _Anthropic(_Api):
 
     def events(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
         r = self.reply
+        thinking = bool(r.thinking)
+        answer = 1 if thinking else 0  # the index of the answer's content block
+        answer_start = _event("content_block_start", {"type": "content_block_start",
+                                                       "index": answer,
+                                                       "content_block": self.block("")})
         head = [
             _event("message_start", {"type": "message_start",
                                      "message": self.message([], None, 1)}),
-            _event("content_block_start", {"type": "content_block_start", "index": 0,
-                                           "content_block": self.block("")}),
+            _event("content_block_start", {
+                "type": "content_block_start", "index": 0,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+            }) if thinking else answer_start,
             _ANTHROPIC_PING,
         ]
         if r.tool_call:
             deltas = [{"type": "input_json_delta", "partial_json": p} for p in r.pieces]
         else:
             deltas = [{"type": "text_delta", "text": p} for p in r.pieces]
-        usage = {"input_tokens": r.input_tokens, "cache_creation_input_tokens": 0,
+        events = [_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                 "delta": {"type": "thinking_delta",
+                                                           "thinking": p}})
+                  for p in r.thinking]
+        answers = [_event("content_block_delta", {"type": "content_block_delta",
+                                                  "index": answer, "delta": d}) for d in deltas]
+        if thinking and answers:  # the thinking block closes as the answer's opens
+            answers[0] = b"".join((
+                _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "signature_delta",
+                                                         "signature": _alnum(40)}}),
+                _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                answer_start, answers[0]))
+        usage = {"input_tokens": r.input_tokens,
+                 "cache_creation_input_tokens": r.cache_write_tokens,
                  "cache_read_input_tokens": r.cached_tokens, "output_tokens": r.output_tokens}
         tail = [
-            _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _event("content_block_stop", {"type": "content_block_stop", "index": answer}),
             _event("message_delta", {"type": "message_delta",
                                      "delta": {"stop_reason": self.stop_reason,
                                                "stop_sequence": None},
                                      "usage": usage}),
             _event("message_stop", {"type": "message_stop"}),
         ]
-        return head, [_event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                     "delta": d}) for d in deltas], tail
+        return head, events + answers, tail
 
     def whole(self) -> bytes:
         r = self.reply

@@ -13,7 +13,7 @@ import ragobs
 from ragobs import semconv
 from tests.conftest import OTelHarness
 from tests.provider_server import ProviderServer, Reply
-from tests.test_clients import openai_client
+from tests.test_clients import anthropic_args, anthropic_client, chat_args, openai_client
 
 TTFT = semconv.TIME_TO_FIRST_CHUNK.name
 TPOC = semconv.TIME_PER_OUTPUT_CHUNK.name
@@ -91,3 +91,77 @@ async def test_an_sdk_stream_records_one_gap_per_chunk_after_the_first(
     # 0.025 s gaps: every one in the (0.02, 0.04] bucket.
     assert point.bucket_counts[list(point.explicit_bounds).index(0.04)] >= len(pieces) - 2
     assert point.sum == pytest.approx((len(pieces) - 1) * 0.025, abs=0.06)
+
+
+# -- reasoning output, choices, cache writes: over the real SDK clients ---------------
+
+TTFA = semconv.TIME_TO_FIRST_ANSWER_CHUNK.name
+THINK_DELAY, ANSWER_DELAY = 0.05, 0.25
+
+
+def only_span(otel: OTelHarness) -> Any:
+    (span,) = otel.spans()
+    return span
+
+
+async def test_anthropic_thinking_is_output_and_the_answer_is_timed_apart(
+        provider_server: ProviderServer, otel: OTelHarness) -> None:
+    provider_server.script(Reply(thinking=("Let me think", " about it."),
+                                 first_content_delay=THINK_DELAY, answer_delay=ANSWER_DELAY,
+                                 cache_write_tokens=120, cached_tokens=30, input_tokens=10))
+    client = ragobs.instrument_client(anthropic_client(provider_server), telemetry=otel.telemetry)
+    text, thinking = "", ""
+    async for event in await client.messages.create(**anthropic_args()):
+        if event.type == "content_block_delta":
+            text += getattr(event.delta, "text", "") or ""
+            thinking += getattr(event.delta, "thinking", "") or ""
+    assert (thinking, text) == ("Let me think about it.", "Hello world!")
+    ttft, ttfa = otel.total(TTFT), otel.total(TTFA)
+    assert THINK_DELAY <= ttft < THINK_DELAY + 0.05  # the first thinking delta
+    assert THINK_DELAY + ANSWER_DELAY <= ttfa < THINK_DELAY + ANSWER_DELAY + 0.08
+    attrs = only_span(otel).attributes or {}
+    assert attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK] == pytest.approx(ttft)
+    assert attrs[semconv.RESPONSE_TIME_TO_FIRST_ANSWER_CHUNK] == pytest.approx(ttfa)
+    # Cache writes under the conventions' new name; input includes both cache counts.
+    assert attrs["gen_ai.usage.cache_write.input_tokens"] == 120
+    assert "gen_ai.usage.cache_creation.input_tokens" not in attrs
+    assert attrs[semconv.USAGE_CACHE_READ_INPUT_TOKENS] == 30
+    assert attrs[semconv.USAGE_INPUT_TOKENS] == 160
+
+
+async def test_openai_compatible_reasoning_content_is_output(
+        provider_server: ProviderServer, otel: OTelHarness) -> None:
+    provider_server.script(Reply(thinking=("hmm", "..."), first_content_delay=THINK_DELAY,
+                                 answer_delay=ANSWER_DELAY))
+    client = ragobs.instrument_client(openai_client(provider_server), telemetry=otel.telemetry)
+    text = ""
+    async for chunk in await client.chat.completions.create(**chat_args()):
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    assert text == "Hello world!"
+    assert THINK_DELAY <= otel.total(TTFT) < THINK_DELAY + 0.05
+    assert THINK_DELAY + ANSWER_DELAY <= otel.total(TTFA) < THINK_DELAY + ANSWER_DELAY + 0.08
+    # Every output chunk after the first is one gap: 1 reasoning + 3 answer pieces.
+    assert otel.count(TPOC) == 4
+
+
+async def test_without_reasoning_the_answer_is_the_first_chunk(
+        provider_server: ProviderServer, otel: OTelHarness) -> None:
+    provider_server.script(Reply(first_content_delay=THINK_DELAY))
+    client = ragobs.instrument_client(openai_client(provider_server), telemetry=otel.telemetry)
+    async for _ in await client.chat.completions.create(**chat_args()):
+        pass
+    assert otel.total(TTFA) == otel.total(TTFT)
+
+
+async def test_every_choice_keeps_its_finish_reason(
+        provider_server: ProviderServer, otel: OTelHarness) -> None:
+    provider_server.script(Reply(choices=3, choice_finish_reasons=("stop", "length", "stop")))
+    client = ragobs.instrument_client(openai_client(provider_server), telemetry=otel.telemetry)
+    texts = ["", "", ""]
+    async for chunk in await client.chat.completions.create(**chat_args(n=3)):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == ["Hello world!"] * 3
+    attrs = only_span(otel).attributes or {}
+    assert attrs[semconv.RESPONSE_FINISH_REASONS] == ("stop", "length", "stop")
