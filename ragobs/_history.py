@@ -3,9 +3,10 @@
 Every ``interval`` seconds (10 by default) a :class:`History` takes one
 :class:`RawSample` from its :class:`HistorySource`: *cumulative* totals
 (finished requests by outcome, output tokens, the TTFT and latency
-distributions, requests by model and outcome, count and time per RAG stage)
-plus the requests in flight at that moment. Two consecutive samples give one
-point of the charts, a difference:
+distributions, LLM calls by model, count and time per RAG stage) plus the
+requests in flight at that moment. Requests are turns (one question answered,
+whatever LLM calls it made), as in ``/api/summary``. Two consecutive samples
+give one point of the charts, a difference:
 
 * requests/s by outcome and output tokens/s of the requests that finished
   in the interval (counts over the interval's length);
@@ -20,6 +21,14 @@ for the breakdowns by model and by stage over that window, the ring's
 per-model and per-stage counts, whose rows the label caps already bound
 (``gen_ai.request.model`` and ``ragobs.stage`` take at most
 :data:`~ragobs._labels.DEFAULT_MAX_VALUES` values each, then ``_OTHER``).
+
+``by_model`` counts *LLM calls*, not turns: a turn's model is not its calls'
+(an agent's turn may call a router model and an answering one). Its rows are
+``{model, calls, failed, failure_rate}``, from the calls table
+(:class:`~ragobs._summary_stats.CallStats`, the GenAI client metrics on a
+host), the providers of one model added up. (Before turns had calls, the rows
+counted requests: ``{model, requests, ok, failed, timeouts, cancelled,
+failure_rate}``; the calls table keeps no ok / timeout / cancelled split.)
 
 Where samples come from is a small protocol, :class:`HistorySource`.
 :class:`InProcessSource` reads this process's
@@ -43,30 +52,35 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, Self
 
-from ragobs import semconv
-from ragobs._summary_stats import QUANTILES, SummaryStats
+from ragobs._summary_stats import QUANTILES, CallSummary, SummaryStats
 from ragobs._telemetry import Telemetry
 from ragobs.clock import SYSTEM_CLOCK, Clock
 from ragobs.semconv import Outcome
 
 __all__ = [
+    "CALLS",
     "DEFAULT_INTERVAL",
     "DEFAULT_POINTS",
+    "FAILED",
     "Distribution",
     "ExplicitBuckets",
     "History",
     "HistorySource",
     "InProcessSource",
     "RawSample",
+    "calls_by_model",
 ]
 
 DEFAULT_INTERVAL: Final = 10.0
 DEFAULT_POINTS: Final = 90  # 15 minutes at 10 s
 OUTCOMES: Final = tuple(o.value for o in Outcome)
+#: The two counts :attr:`RawSample.by_model` keeps per model.
+CALLS: Final = "calls"
+FAILED: Final = "failed"
 
 log = logging.getLogger("ragobs._history")
 
@@ -163,7 +177,8 @@ class RawSample:
     #: per-stream output tokens/s of the successful requests: sum and count
     rate_sum: float = 0.0
     rate_count: int = 0
-    #: finished requests by (model, outcome); model ``None``: the request named none
+    #: finished LLM calls by (model, :data:`CALLS`) and the failed ones (errors and
+    #: timeouts) by (model, :data:`FAILED`); model ``None``: the call named none
     by_model: Mapping[tuple[str | None, str], int] = field(default_factory=dict)
     #: RAG stage -> (runs, total seconds)
     stages: Mapping[str, tuple[int, float]] = field(default_factory=dict)
@@ -178,10 +193,20 @@ class HistorySource(Protocol):
         ...
 
 
+def calls_by_model(calls: Iterable[CallSummary]) -> dict[tuple[str | None, str], int]:
+    """:attr:`RawSample.by_model` of a calls table: the providers of one model added up."""
+    counts: dict[tuple[str | None, str], int] = {}
+    for row in calls:
+        for kind, n in ((CALLS, row.calls), (FAILED, row.failed)):
+            key = (row.model, kind)
+            counts[key] = counts.get(key, 0) + n
+    return counts
+
+
 class InProcessSource:
     """Samples of this process: a :class:`SummaryStats` (requests, tokens,
-    sketches, in flight, stages) and, when given, the ``ragobs.requests``
-    counter table of a :class:`Telemetry` (requests by model and outcome)."""
+    sketches, in flight, stages) and, when given, the calls table of a
+    :class:`Telemetry` (:attr:`~ragobs._telemetry.Telemetry.calls`: LLM calls by model)."""
 
     __slots__ = ("stats", "telemetry")
 
@@ -195,14 +220,8 @@ class InProcessSource:
 
     def sample(self) -> RawSample:
         totals = self.stats.totals()
-        by_model: dict[tuple[str | None, str], int] = {}
-        if self.telemetry is not None:
-            for key, n in self.telemetry.requests.snapshot().items():
-                attrs = dict(key)
-                outcome = attrs.get(semconv.OUTCOME)
-                if outcome is not None:
-                    row = (attrs.get(semconv.REQUEST_MODEL), outcome)
-                    by_model[row] = by_model.get(row, 0) + n
+        telemetry = self.telemetry
+        by_model = {} if telemetry is None else calls_by_model(telemetry.calls.snapshot())
         return RawSample(
             requests=totals.requests,
             output_tokens=totals.output_tokens,
@@ -260,27 +279,20 @@ class _Tables:
 
 
 def _by_model(newest: _Tables, oldest: _Tables) -> list[dict[str, object]]:
-    per_model: dict[str | None, dict[str, int]] = {}
-    for (model, outcome), n in newest.by_model.items():
-        grown = int(_since(n, oldest.by_model.get((model, outcome), 0)))
-        if grown:
-            counts = per_model.setdefault(model, dict.fromkeys(OUTCOMES, 0))
-            counts[outcome] = counts.get(outcome, 0) + grown
+    grown: dict[str | None, int] = {}
+    for (model, kind), n in newest.by_model.items():
+        if kind == CALLS:
+            calls = int(_since(n, oldest.by_model.get((model, CALLS), 0)))
+            if calls:
+                grown[model] = calls
     rows: list[dict[str, object]] = []
     # Busiest first; ties by name (no model last).
-    for model, counts in sorted(per_model.items(),
-                                key=lambda kv: (-sum(kv[1].values()), kv[0] is None, kv[0] or "")):
-        requests = sum(counts.values())
-        failed = counts[Outcome.ERROR.value] + counts[Outcome.TIMEOUT.value]
-        rows.append({
-            "model": model,
-            "requests": requests,
-            "ok": counts[Outcome.OK.value],
-            "failed": failed,
-            "timeouts": counts[Outcome.TIMEOUT.value],
-            "cancelled": counts[Outcome.CANCELLED.value],
-            "failure_rate": failed / requests,
-        })
+    for model, calls in sorted(grown.items(), key=lambda kv: (-kv[1], kv[0] is None, kv[0] or "")):
+        failed = int(_since(newest.by_model.get((model, FAILED), 0),
+                            oldest.by_model.get((model, FAILED), 0)))
+        failed = min(failed, calls)  # a restart seen in one count only
+        rows.append({"model": model, "calls": calls, "failed": failed,
+                     "failure_rate": failed / calls})
     return rows
 
 
@@ -389,8 +401,8 @@ class History:
     def as_json(self) -> dict[str, object]:
         """The body of ``GET /api/history``: strict JSON (no NaN or infinity).
 
-        ``points`` oldest first; ``by_model`` and ``by_stage`` cover the same
-        window, from the oldest sample kept to the newest
+        ``points`` oldest first; ``by_model`` (LLM calls) and ``by_stage``
+        cover the same window, from the oldest sample kept to the newest
         (``window_seconds``); percentiles and per-stream rates are ``null``
         for an interval in which no request finished.
         """

@@ -9,10 +9,17 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
+import ragobs
 from ragobs import semconv
 from ragobs._history import ExplicitBuckets, History, InProcessSource, RawSample
+from ragobs._host.history import HostHistorySource
+from ragobs._host.merge import HostMetrics
 from ragobs._report import Reporter, as_json
 from ragobs._server.app import create_app
 from ragobs._sketch import QuantileSketch
@@ -260,14 +267,13 @@ async def streams(telemetry: Telemetry, model: str, ok: int = 0, errors: int = 0
         await one(kind)
 
 
-async def test_by_model_from_the_requests_counter_and_by_stage_from_stages(
-        otel: OTelHarness) -> None:
+async def test_by_model_counts_calls_and_by_stage_stages(otel: OTelHarness) -> None:
     tel = otel.telemetry
     history, clock = history_of(tel.summary, tel)
     await streams(tel, "before", ok=4)  # before the window: not in it
     history.sample()
     await streams(tel, "gpt-small", ok=3, errors=1)
-    await streams(tel, "gpt-large", ok=6, cancelled=2)
+    await streams(tel, "gpt-large", ok=6, cancelled=2)  # cancelled: calls, not failed
     async with stage("retrieve", telemetry=tel):
         await asyncio.sleep(0)
     with stage("rerank", telemetry=tel):
@@ -277,14 +283,16 @@ async def test_by_model_from_the_requests_counter_and_by_stage_from_stages(
     await tick(history, clock)
     body = strict(history.as_json())
     assert body["by_model"] == [
-        {"model": "gpt-large", "requests": 8, "ok": 6, "failed": 0, "timeouts": 0,
-         "cancelled": 2, "failure_rate": 0.0},
-        {"model": "gpt-small", "requests": 4, "ok": 3, "failed": 1, "timeouts": 0,
-         "cancelled": 0, "failure_rate": 0.25},
+        {"model": "gpt-large", "calls": 8, "failed": 0, "failure_rate": 0.0},
+        {"model": "gpt-small", "calls": 4, "failed": 1, "failure_rate": 0.25},
     ]
-    # The rows agree with the counter the /metrics exposition reads.
-    assert sum(r["requests"] for r in body["by_model"]) == (
-        tel.requests.total() - tel.requests.total(gen_ai__request__model="before"))
+    # The rows agree with the calls' histogram the /metrics exposition reads.
+    for row in body["by_model"]:
+        model = row["model"]
+        assert otel.count(semconv.OPERATION_DURATION.name, gen_ai__request__model=model) == (
+            row["calls"])
+        assert otel.count(semconv.OPERATION_DURATION.name, gen_ai__request__model=model,
+                          ragobs__outcome="error") == row["failed"]
     stages = {row["stage"]: row for row in body["by_stage"]}
     assert set(stages) == {"retrieve", "rerank"}
     assert stages["retrieve"]["count"] == 1 and stages["rerank"]["count"] == 2
@@ -306,10 +314,107 @@ async def test_breakdown_rows_are_bounded_by_the_label_caps() -> None:
         stats.record_stage(f"stage-{i}", 1.0)
     await tick(history, clock)
     body = strict(history.as_json())
-    models = {r["model"]: r["requests"] for r in body["by_model"]}
+    models = {r["model"]: r["calls"] for r in body["by_model"]}
     assert models == {OTHER: 7, "model-0": 1, "model-1": 1, "model-2": 1}
     stages = {r["stage"]: r["count"] for r in body["by_stage"]}
     assert len(stages) == MAX_STAGES + 1 and stages[OTHER] == 20
+
+
+async def agent_turns(tel: Telemetry, n: int = 3) -> None:
+    """``n`` agent turns (no model of their own), each calling a router and an answering
+    model; the second also calls a third model that fails and is recovered from."""
+
+    async def source(n: int, fail: bool = False) -> AsyncIterator[str]:
+        for i in range(n):
+            if fail and i == 1:
+                raise ConnectionResetError("reset")
+            yield f"chunk {i} "
+
+    async def agent(flaky: bool) -> AsyncIterator[str]:
+        async for _ in ragobs.observe_stream(source(1), provider="p1", model="router",
+                                             telemetry=tel):
+            pass
+        if flaky:
+            with pytest.raises(ConnectionResetError):
+                async for _ in ragobs.observe_stream(source(3, fail=True), provider="p2",
+                                                     model="flaky", telemetry=tel):
+                    pass
+        async for chunk in ragobs.observe_stream(source(3), provider="p1", model="answer",
+                                                 telemetry=tel):
+            yield chunk
+
+    for i in range(n):
+        async for _ in ragobs.observe_stream(agent(i == 1), agent="helper", telemetry=tel):
+            pass
+
+
+async def test_by_model_counts_an_agents_calls_not_its_turns(otel: OTelHarness) -> None:
+    tel = otel.telemetry
+    history, clock = history_of(tel.summary, tel)
+    history.sample()
+    await agent_turns(tel)
+    await tick(history, clock)
+    body = strict(history.as_json())
+    assert tel.summary.snapshot().total_requests == 3  # the turns, all answered
+    assert body["points"][0]["requests_per_second"]["ok"] == 0.3
+    assert body["by_model"] == [
+        {"model": "answer", "calls": 3, "failed": 0, "failure_rate": 0.0},
+        {"model": "router", "calls": 3, "failed": 0, "failure_rate": 0.0},
+        {"model": "flaky", "calls": 1, "failed": 1, "failure_rate": 1.0},
+    ]
+    assert sum(r["calls"] for r in body["by_model"]) == otel.count(
+        semconv.OPERATION_DURATION.name)
+
+
+async def test_the_hosts_by_model_counts_calls_as_a_process_does() -> None:
+    """The host's samples, from the OTLP metrics of the same agent turns, give the same
+    rows as the process that made them."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(resource=Resource.create({"service.name": "agents"}),
+                             metric_readers=[reader])
+    tel = Telemetry(meter_provider=provider)
+    clock = ManualClock(start=500.0)
+    host = HostMetrics(clock=clock)
+
+    def push() -> None:
+        data = reader.get_metrics_data()
+        assert data is not None
+        host.ingest(encode_metrics(data))
+
+    local = History(InProcessSource(tel.summary, tel), clock=clock, wall=lambda: T0)
+    merged = History(HostHistorySource(host), clock=clock, wall=lambda: T0)
+    try:
+        await agent_turns(tel, 1)  # before the window
+        push()
+        assert local.sample() and merged.sample()
+        await agent_turns(tel, 3)
+        push()
+        await clock.advance(10.0)
+        assert local.sample() and merged.sample()
+        assert HostHistorySource(host).sample().by_model == (
+            InProcessSource(tel.summary, tel).sample().by_model)
+        rows = strict(merged.as_json())["by_model"]
+        assert rows == strict(local.as_json())["by_model"] == [
+            {"model": "answer", "calls": 3, "failed": 0, "failure_rate": 0.0},
+            {"model": "router", "calls": 3, "failed": 0, "failure_rate": 0.0},
+            {"model": "flaky", "calls": 1, "failed": 1, "failure_rate": 1.0},
+        ]
+        assert strict(merged.as_json())["points"][0]["requests_per_second"]["ok"] == 0.3
+    finally:
+        provider.shutdown()
+
+
+async def test_one_model_of_two_providers_is_one_row() -> None:
+    tel = Telemetry()
+    history, clock = history_of(tel.summary, tel)
+    history.sample()
+    for provider in ("openai", "azure.ai.openai"):
+        for _ in observe_stream(iter(["x", "y"]), provider=provider, model="gpt-4o",
+                                telemetry=tel):
+            pass
+    await tick(history, clock)
+    assert strict(history.as_json())["by_model"] == [
+        {"model": "gpt-4o", "calls": 2, "failed": 0, "failure_rate": 0.0}]
 
 
 async def test_requests_without_a_model_and_a_bare_summary() -> None:
@@ -355,11 +460,12 @@ async def test_explicit_bucket_histograms_and_restarts() -> None:
     source = ScriptedSource()
     clock = ManualClock()
     history = History(source, clock=clock, wall=lambda: T0)
-    source.push({"ok": 10}, [0, 10, 0, 0, 0], 100, {("m", "ok"): 10})
-    source.push({"ok": 30, "error": 2}, [0, 10, 10, 10, 0], 300, {("m", "ok"): 30})
+    source.push({"ok": 10}, [0, 10, 0, 0, 0], 100, {("m", "calls"): 10})
+    source.push({"ok": 30, "error": 2}, [0, 10, 10, 10, 0], 300,
+                {("m", "calls"): 34, ("m", "failed"): 2})
     # A worker restarted: the merged counts went down; the new values count from zero.
-    source.push({"ok": 5}, [0, 0, 5, 0, 0], 50, {("m", "ok"): 5})
-    source.push({"ok": 5}, [0, 0, 5, 0, 0], 50, {("m", "ok"): 5})
+    source.push({"ok": 5}, [0, 0, 5, 0, 0], 50, {("m", "calls"): 5, ("m", "failed"): 1})
+    source.push({"ok": 5}, [0, 0, 5, 0, 0], 50, {("m", "calls"): 5, ("m", "failed"): 1})
     history.sample()
     for _ in range(3):
         await tick(history, clock)
@@ -372,9 +478,9 @@ async def test_explicit_bucket_histograms_and_restarts() -> None:
     assert p2["requests_per_second"]["ok"] == 0.5 and p2["tokens_per_second"] == 5.0
     assert p2["latency_seconds"]["p50"] == 0.75
     assert p3["latency_seconds"]["p50"] is None and p3["requests_per_second"]["ok"] == 0.0
+    # The window starts at the first sample: 34 calls then a restart to 5 (1 failed).
     assert strict(history.as_json())["by_model"] == [
-        {"model": "m", "requests": 5, "ok": 5, "failed": 0, "timeouts": 0, "cancelled": 0,
-         "failure_rate": 0.0}]
+        {"model": "m", "calls": 5, "failed": 1, "failure_rate": 0.2}]
 
 
 def test_distributions_refuse_what_they_cannot_subtract() -> None:

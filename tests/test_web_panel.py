@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -30,14 +31,14 @@ from prometheus_client import CollectorRegistry
 
 from ragobs import semconv
 from ragobs._history import History, InProcessSource
-from ragobs._report import Reporter
+from ragobs._report import Report, Reporter, as_json
 from ragobs._runtime import Runtime, setup
-from ragobs._server.app import create_app
+from ragobs._server.app import _page, create_app
 from ragobs._server.sidecar import Sidecar
-from ragobs._stages import stage
+from ragobs._stages import stage, tool
 from ragobs._stream import observe_stream
 from ragobs._summary import format_dashboard
-from ragobs._summary_stats import SummaryStats
+from ragobs._summary_stats import CallSummary, SummaryStats
 from ragobs._telemetry import Telemetry
 from ragobs.clock import ManualClock
 from ragobs.semconv import Outcome
@@ -63,6 +64,12 @@ FIELDS: dict[str, str] = {
     **{f"{m}_seconds.{p}": "seconds" for m in ("ttft", "latency") for p in ("p50", "p95", "p99")},
     "service": "text",
     "version": "text",
+}
+#: Per successful turn, shown with the calls table (hidden where there are no calls).
+TURN_FIELDS: dict[str, str] = {
+    "avg_inference_calls": "number",
+    "avg_tool_calls": "number",
+    "avg_input_tokens": "number",
 }
 RESILIENCE_FIELDS: dict[str, str] = {
     f"resilience.{k}": "int" for k in (
@@ -141,6 +148,56 @@ async def traffic(telemetry: Telemetry, ok: int, errors: int = 0, timeouts: int 
 
     kinds = ["ok"] * ok + ["error"] * errors + ["timeout"] * timeouts + ["cancel"] * cancelled
     await asyncio.gather(*(one(k) for k in kinds))
+
+
+def chat(model: str, n: int, *, input_tokens: int,
+         fail_at: int | None = None) -> AsyncIterator[dict[str, Any]]:
+    """An OpenAI-style chat stream as dicts: ``n`` content chunks, then the usage;
+    ``fail_at``: the chunk at which the connection drops."""
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        for i in range(n):
+            await asyncio.sleep(0.002)
+            if i == fail_at:
+                raise ConnectionResetError("reset")
+            yield {"model": model, "choices": [{"delta": {"content": f"{SECRET} {i} "}}]}
+        yield {"model": model, "choices": [],
+               "usage": {"prompt_tokens": input_tokens, "completion_tokens": n}}
+
+    return chunks()
+
+
+async def agent_turn(telemetry: Telemetry, *, tools: int,
+                     answer_fails: bool) -> AsyncIterator[dict[str, Any]]:
+    """An agent's answer: a retrieval, ``tools`` tool calls, then two LLM calls on two
+    models: the primary's connection drops before its first chunk, the backup answers
+    (or drops too, and the turn fails)."""
+    async with stage("retrieve", telemetry=telemetry):
+        await asyncio.sleep(0.004)
+    for _ in range(tools):
+        async with tool("search", telemetry=telemetry):
+            await asyncio.sleep(0.002)
+    try:
+        async for chunk in observe_stream(chat("gpt-primary", 3, input_tokens=100, fail_at=0),
+                                          provider="openai", model="gpt-primary",
+                                          telemetry=telemetry):
+            yield chunk
+    except ConnectionResetError:
+        pass  # recovered: the backup answers
+    async for chunk in observe_stream(
+            chat("claude-backup", 5, input_tokens=120, fail_at=3 if answer_fails else None),
+            provider="anthropic", model="claude-backup", telemetry=telemetry):
+        yield chunk
+
+
+async def agent_traffic(telemetry: Telemetry, ok: int, failed: int = 0) -> None:
+    """Agent turns, each observed as one (``agent=``), their calls inside it."""
+    for i in range(ok + failed):
+        turn = observe_stream(agent_turn(telemetry, tools=i % 3, answer_fails=i >= ok),
+                              agent="helper", telemetry=telemetry)
+        with contextlib.suppress(ConnectionResetError):
+            async for _ in turn:
+                pass
 
 
 # --- Chromium over the DevTools protocol ----------------------------------------------------
@@ -437,7 +494,8 @@ async def test_index_is_one_self_contained_html_page(
     assert parser.tags.count("link") == 1 and 'rel="icon" href="data:,"' in html
     assert sorted(parser.refs) == sorted(["data:,", "metrics", "api/summary", "api/summary",
                                           "api/history", "api/history"])
-    assert set(FIELDS) | set(RESILIENCE_FIELDS) | {"uptime_seconds"} <= parser.fields
+    assert (set(FIELDS) | set(RESILIENCE_FIELDS) | set(TURN_FIELDS) | {"uptime_seconds"}
+            <= parser.fields)
     assert 'fetch(' in html and "no-store" in html
     assert parser.charts == set(CHARTS)
 
@@ -554,6 +612,135 @@ async def test_panel_behind_a_path_prefix_without_resilience(browser: DevTools) 
 
 
 
+@pytest.mark.needs_chromium
+async def test_turns_and_their_calls_in_chromium_match_api_summary(
+        served: tuple[Runtime, Sidecar], browser: DevTools, artifacts: Path) -> None:
+    runtime, sidecar = served
+    tel = runtime.telemetry
+    await agent_traffic(tel, ok=4, failed=1)
+    page = await browser.open(f"{sidecar.url}/")
+    view = await page.wait_for(total_is(5), "the 5 turns")
+    data = await fetch_summary(sidecar.url)
+
+    # The cards count turns; the calls are counted apart, per model.
+    assert (data["total_requests"], data["successful"], data["failed"]) == (5, 4, 1)
+    assert_matches(view, data, {**FIELDS, **TURN_FIELDS, **RESILIENCE_FIELDS})
+    fields = {k: v["text"] for k, v in view["fields"].items()}
+    assert fields["total_requests"] == "5" and fields["success_rate"] == "80.0%"
+    assert fields["avg_inference_calls"] == "2.0"  # a failed call and the answer
+    assert fields["avg_input_tokens"] == "120.0"  # the failed call reported no usage
+    assert fields["avg_tool_calls"] == shown("number", data["avg_tool_calls"])
+    tables = await page.evaluate(TABLES_JS)
+    assert tables["calls-table"] == calls_rows(data)
+    rows = {row[0]: row for row in tables["calls-table"]}
+    assert set(rows) == {"gpt-primary", "claude-backup"}
+    # A model whose every call failed still has its row.
+    assert rows["gpt-primary"] == ["gpt-primary", "openai", "5", "5", "100.0%", DASH, DASH,
+                                   "0", "0"]
+    assert rows["claude-backup"][1:5] == ["anthropic", "5", "1", "20.0%"]
+    assert rows["claude-backup"][7:] == ["480", "20"]  # the 4 answers' usage
+
+    # Where the turns' time to first token went: the phases add up to the avg TTFT.
+    phases = data["ttft_breakdown"]
+    assert {"retrieve", "tool", "llm", "other"} <= set(phases)
+    assert math.isclose(sum(phases.values()), data["avg_ttft_seconds"], rel_tol=1e-9)
+    assert tables["ttft-phases"] == phase_rows(data)
+    parts = await page.evaluate(SHOWN_JS)
+    assert parts["turn"] and parts["calls"] and parts["breakdown"]
+    assert parts["total"] == fields["avg_ttft_seconds"]
+    assert [title for title, _ in parts["segments"]] == [
+        f"{name}: {shown('seconds', v)}" for name, v in phases.items()]
+    assert all(width > 0 for _, width in parts["segments"])
+    assert SECRET not in view["text"]
+    shot = await page.screenshot(artifacts / "panel-turns.png")
+    print(f"screenshot: {shot}")
+
+    # More turns: the calls table moves with the cards, in the same poll.
+    await agent_traffic(tel, ok=2)
+    view = await page.wait_for(total_is(7), "the 7 turns")
+    data = await fetch_summary(sidecar.url)
+    assert_matches(view, data, {**FIELDS, **TURN_FIELDS})
+    tables = await page.evaluate(TABLES_JS)
+    assert tables["calls-table"] == calls_rows(data)
+    assert {row[0]: row[2] for row in tables["calls-table"]} == {
+        "gpt-primary": "7", "claude-backup": "7"}
+    assert tables["ttft-phases"] == phase_rows(data)
+
+
+@pytest.mark.needs_chromium
+async def test_panel_hides_what_older_or_other_agents_data_lacks(browser: DevTools) -> None:
+    """An older sidecar (no calls table, no turn figures) and an agent that is not ragobs
+    (calls from the GenAI metrics, no turn figures): what is missing is hidden."""
+    stats = SummaryStats()
+    for _ in range(3):
+        stats.started()
+        stats.record(Outcome.OK, 1.5, 0.25, 30, 20.0, input_tokens=50, calls=2, tool_calls=1,
+                     phases={"retrieve": 0.125, "llm": 0.0625, "other": 0.0625})
+    calls = (CallSummary("openai", "gpt-4o", 6, 0, 0.0625, 0.5, 150, 90),)
+    full = as_json(Report(stats.snapshot(calls), service="svc"))
+    older = {k: v for k, v in full.items() if k not in {
+        "calls", "ttft_breakdown", "avg_inference_calls", "avg_tool_calls", "avg_input_tokens"}}
+    other_agent = {**full, "avg_inference_calls": None, "avg_tool_calls": None,
+                   "avg_input_tokens": None, "ttft_breakdown": {}, "calls": [
+                       {"provider": "openai", "model": "gpt-4o", "calls": 3, "failed": 1,
+                        "avg_ttft_seconds": 0.25, "avg_latency_seconds": 1.5,
+                        "input_tokens": 300, "output_tokens": 90},
+                       {"provider": None, "model": None, "calls": 1, "failed": 1,
+                        "avg_ttft_seconds": None, "avg_latency_seconds": None,
+                        "input_tokens": 0, "output_tokens": 0}]}
+    served = {"summary": older}
+
+    async def summary(request: web.Request) -> web.Response:
+        return web.json_response(served["summary"])
+
+    async def history(request: web.Request) -> web.Response:
+        return web.json_response({"interval_seconds": 10.0, "capacity": 90,
+                                  "window_seconds": 0.0, "points": [], "by_model": [],
+                                  "by_stage": []})
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=_page(), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/api/summary", summary)
+    app.router.add_get("/api/history", history)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        page = await browser.open(f"http://127.0.0.1:{port}/")
+        view = await page.wait_for(total_is(3), "the older sidecar's 3 requests")
+        assert_matches(view, older, FIELDS)
+        assert await page.evaluate(SHOWN_JS) == {
+            "turn": False, "calls": False, "breakdown": False, "total": DASH, "segments": []}
+
+        served["summary"] = other_agent
+        await page.wait_js("!document.getElementById('calls').hidden", "the calls table")
+        tables = await page.evaluate(TABLES_JS)
+        assert tables["calls-table"] == calls_rows(other_agent)
+        assert tables["calls-table"][1] == ["(no model)", DASH, "1", "1", "100.0%", DASH, DASH,
+                                            "0", "0"]
+        parts = await page.evaluate(SHOWN_JS)
+        assert parts["calls"] and not parts["turn"] and not parts["breakdown"]
+
+        served["summary"] = full  # ragobs's own: everything
+        await page.wait_js("!document.getElementById('turn').hidden", "the turn figures")
+        view = await page.read()
+        assert_matches(view, full, {**FIELDS, **TURN_FIELDS})
+        assert view["fields"]["avg_inference_calls"]["text"] == "2.0"
+        parts = await page.evaluate(SHOWN_JS)
+        assert parts["calls"] and parts["breakdown"] and parts["total"] == "0.250s"
+        tables = await page.evaluate(TABLES_JS)
+        assert tables["calls-table"] == calls_rows(full)
+        assert tables["ttft-phases"] == phase_rows(full) == [
+            ["llm", "0.062s", "25.0%"], ["other", "0.062s", "25.0%"],
+            ["retrieve", "0.125s", "50.0%"]]
+    finally:
+        await runner.cleanup()
+
+
 # --- charts -------------------------------------------------------------------------------------
 
 #: For every chart: its canvas size, how many pixels are painted at all, and per series
@@ -573,7 +760,9 @@ CANVAS_JS = """(() => {
             const near = (p) => [0, 1, 2].every((c) => Math.abs(px[p + c] - rgb[c]) <= 6);
             let hits = 0;
             for (let p = 0; p < px.length; p += 4) if (px[p + 3] > 200 && near(p)) hits++;
-            series.push({label: s.label, stroke, hits, path: !!(s._paths && s._paths.stroke)});
+            // Where each point is drawn (canvas pixels), to tell a series drawn over by another.
+            const ys = u.data[i].map((v) => v === null ? null : u.valToPos(v, s.scale, true));
+            series.push({label: s.label, stroke, hits, path: !!(s._paths && s._paths.stroke), ys});
         }
         out[name] = {width: canvas.width, height: canvas.height, painted, series,
                      data: u.data, empty: !u.root.closest("figure").querySelector(".empty").hidden};
@@ -581,9 +770,48 @@ CANVAS_JS = """(() => {
     return out;
 })()"""
 
-TABLES_JS = """Object.fromEntries(["by-model", "by-stage"].map((id) => [id,
+TABLES_JS = """Object.fromEntries(["calls-table", "by-stage", "ttft-phases"].map((id) => [id,
     [...document.querySelectorAll(`#${id} tbody tr`)].map(
         (tr) => [...tr.children].map((c) => c.textContent.trim()))]))"""
+#: Which of the turn and calls parts show, and the TTFT bar's segments.
+SHOWN_JS = """({
+    turn: !document.getElementById("turn").hidden,
+    calls: !document.getElementById("calls").hidden,
+    breakdown: !document.getElementById("ttft-breakdown").hidden,
+    total: document.getElementById("ttft-total").textContent.trim(),
+    segments: [...document.querySelectorAll("#ttft-stack > span")].map(
+        (s) => [s.title, s.getBoundingClientRect().width]),
+})"""
+
+
+def calls_rows(data: dict[str, Any]) -> list[list[str]]:
+    """The LLM calls table as the panel must show /api/summary's ``calls``."""
+    return [["(no model)" if r["model"] is None else r["model"],
+             DASH if r["provider"] is None else r["provider"],
+             str(r["calls"]), str(r["failed"]),
+             shown("pct", r["failed"] / r["calls"] if r["calls"] else None),
+             shown("seconds", r["avg_ttft_seconds"]), shown("seconds", r["avg_latency_seconds"]),
+             str(r["input_tokens"]), str(r["output_tokens"])] for r in data["calls"]]
+
+
+def phase_rows(data: dict[str, Any]) -> list[list[str]]:
+    """The TTFT breakdown table: each phase's mean seconds and its share of their sum."""
+    phases = data["ttft_breakdown"]
+    total = sum(phases.values())
+    return [[name, shown("seconds", v), shown("pct", v / total)] for name, v in phases.items()]
+
+
+def drawn_over(ys: list[float | None], later: list[list[float | None]],
+               within: float = 3.0) -> bool:
+    """Is every point of a series within ``within`` pixels of a point of a later series
+    (so the lines between them are drawn over too)?"""
+    for k, y in enumerate(ys):
+        if y is None:
+            continue
+        near = [v for v in (other[k] for other in later) if v is not None]
+        if not any(abs(v - y) <= within for v in near):
+            return False
+    return bool(later)
 
 
 def assert_charts_drawn(charts: dict[str, Any], points: list[dict[str, Any]]) -> None:
@@ -600,9 +828,10 @@ def assert_charts_drawn(charts: dict[str, Any], points: list[dict[str, Any]]) ->
             if not any(v for v in values):
                 continue  # nothing but zeros or gaps: may lie on the axis
             assert series["path"], f"{name}/{series['label']}: no path"
-            # A series drawn over by a later one with the same values (p95 = p99 over a
-            # few requests) cannot show: the later one does.
-            if any(later == values for later in columns[i + 1:]):
+            # A series drawn over by later ones at the same pixels cannot show: they do
+            # (p95 = p99 over a few requests, or p50 near them on a scale that one slow
+            # interval stretched).
+            if drawn_over(series["ys"], [later["ys"] for later in chart["series"][i + 1:]]):
                 continue
             assert series["hits"] >= 10, f"{name}/{series['label']}: not on the canvas {series}"
 
@@ -698,12 +927,11 @@ async def test_charts_and_breakdowns_in_chromium_follow_api_history(
         assert_charts_drawn(await page.evaluate(CANVAS_JS), data["points"])
         assert [p["in_flight"] for p in data["points"]] == [0, 0, 0, 1, 2, 3, 0, 0]
 
-        # The breakdowns, as the JSON has them and the terminal would format them.
+        # The breakdowns, as the JSON has them and the terminal would format them: the
+        # calls table from /api/summary (since start), the stages from /api/history.
         tables = await page.evaluate(TABLES_JS)
-        assert tables["by-model"] == [
-            [r["model"], str(r["requests"]), str(r["failed"]), shown("pct", r["failure_rate"])]
-            for r in data["by_model"]]
-        assert [r[0] for r in tables["by-model"]] == ["sim-1", "sim-2"]
+        assert tables["calls-table"] == calls_rows(await fetch_summary(url))
+        assert [r[0] for r in tables["calls-table"]] == ["sim-1", "sim-2"]
         assert tables["by-stage"] == [
             [r["stage"], str(r["count"]), shown("seconds", r["avg_seconds"]),
              shown("seconds", r["total_seconds"])] for r in data["by_stage"]]
@@ -778,7 +1006,9 @@ async def test_charts_wait_for_the_first_interval(browser: DevTools) -> None:
                     f.querySelectorAll("canvas").length])""")
         assert state == [[name, "0", True, 1] for name in CHARTS]
         tables = await page.evaluate(TABLES_JS)
-        assert tables == {"by-model": [["No requests finished in this window"]],
+        assert tables == {"calls-table": [["No LLM calls yet"]], "ttft-phases": [],
                           "by-stage": [["No stages ran in this window"]]}
+        shown_parts = await page.evaluate(SHOWN_JS)
+        assert shown_parts["calls"] and not shown_parts["turn"]
     finally:
         await runner.cleanup()

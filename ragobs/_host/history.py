@@ -5,13 +5,15 @@ from a :class:`~ragobs._host.merge.HostMetrics`: the same cumulative totals a
 single process's :class:`~ragobs._history.InProcessSource` gives (requests
 are turns), computed as :func:`~ragobs._host.report.host_figures` does, with
 the turns' TTFT and latency distributions as :class:`~ragobs._history.ExplicitBuckets` on ragobs's
-declared buckets (so two samples always subtract).
+declared buckets (so two samples always subtract). The breakdown by model
+counts LLM calls, from the host's calls table (the GenAI client metrics), as
+in a single process.
 """
 
 from __future__ import annotations
 
 from ragobs import semconv
-from ragobs._history import ExplicitBuckets, RawSample
+from ragobs._history import ExplicitBuckets, RawSample, calls_by_model
 from ragobs._host.merge import HistogramValue, HostMetrics
 from ragobs._host.report import host_figures
 
@@ -46,6 +48,6 @@ class HostHistorySource:
             in_flight=figures.in_flight,
             rate_sum=0.0 if rate is None else rate.sum,
             rate_count=0 if rate is None else rate.count,
-            by_model=figures.by_model,
+            by_model=calls_by_model(figures.calls),
             stages=figures.stages,
         )
