@@ -4,6 +4,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ragobs._clients import instrument_client
+from ragobs._cost import Price, Pricing
 from ragobs._events import Event, add_hook, remove_hook
 from ragobs._stages import retrieval, stage, tool
 from ragobs._stream import StreamObservation, instrument_stream, observe, observe_stream
@@ -52,6 +53,8 @@ __all__ = [
     "ManualClock",
     "MonotonicClock",
     "Outcome",
+    "Price",
+    "Pricing",
     "RagobsError",
     "RateLimitTimeout",
     "RateLimiter",

@@ -233,13 +233,22 @@ def _turn_lines(s: Summary) -> list[str]:
     if s.ttft_breakdown:
         lines.append("  TTFT went to: " + ", ".join(
             f"{name} {seconds:.3f}s" for name, seconds in s.ttft_breakdown.items()))
-    lines.append("🔌 LLM calls by model (calls, failed, avg TTFT, avg latency, tokens in/out):")
+    lines.append(f"💵 Spend: {_usd(s.spend_usd)}  Avg per answer: {_usd(s.avg_cost_usd)}"
+                 f"  Unpriced calls: {s.unpriced_calls}")
+    lines.append("🔌 LLM calls by model (calls, failed, avg TTFT, avg latency, tokens in/out, "
+                 "spend, unpriced):")
     for row in s.calls:
         name = " ".join(part for part in (row.provider, row.model) if part) or "(unnamed)"
         lines.append(f"  {name}: {row.calls}, {row.failed}, {_seconds(row.avg_ttft_seconds)}, "
                      f"{_seconds(row.avg_latency_seconds)}, "
-                     f"{row.input_tokens}/{row.output_tokens}")
+                     f"{row.input_tokens}/{row.output_tokens}, {_usd(row.cost_usd)}, "
+                     f"{row.unpriced}")
     return lines
+
+
+def _usd(amount: float | None) -> str:
+    """Dollars to the hundredth of a cent (calls cost fractions of one)."""
+    return "n/a" if amount is None else f"${amount:.4f}"
 
 
 def format_dashboard(summary: Summary) -> str:

@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from ragobs import semconv
+from ragobs._cost import Price, Pricing
 from ragobs._exposition import PrometheusReader
 from ragobs._labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES
 from ragobs._push import DEFAULT_PUSH_INTERVAL, SIDECAR_URL_ENV, DropCounter, push_reader
@@ -235,6 +236,7 @@ def setup(
     handle_sigterm: bool = False,
     sidecar_url: str | None = None,
     push_interval: float = DEFAULT_PUSH_INTERVAL,
+    prices: Pricing | dict[str, Price] | None = None,
 ) -> Runtime:
     """Set up tracing, metrics, Prometheus exposition and (``serve``) the sidecar.
 
@@ -262,6 +264,9 @@ def setup(
             default ``RAGOBS_SIDECAR_URL``. Then nothing is served here:
             metrics leave by OTLP/HTTP, delta temporality, every
             ``push_interval`` seconds (what a SIGKILLed worker may lose).
+        prices: what calls cost beyond genai-prices' snapshot (the ``[cost]``
+            extra): a dict of model name -> :class:`~ragobs.Price`, or a
+            :class:`~ragobs.Pricing` (see :class:`Telemetry`).
 
     Calling it again with ``set_global=True`` returns the runtime already set up.
     """
@@ -276,6 +281,7 @@ def setup(
         raise TypeError(f"registry must be a prometheus_client CollectorRegistry or None, "
                         f"got {registry!r}")
     capture = _capture_content(capture_content)
+    pricing = prices if isinstance(prices, Pricing) else Pricing(prices)
     push_url = _sidecar_url(sidecar_url)
     if push_url is not None:
         serve = False  # the host sidecar serves this process's figures
@@ -348,6 +354,7 @@ def setup(
             max_series=max_series,
             capture_content=capture,
             exemplars=exemplars,
+            prices=pricing,
         )
         drops.sink = telemetry.counter(semconv.PUSH_DROPPED)
         runtime = Runtime(telemetry, registry, name, meter_provider, tracer_provider,

@@ -48,6 +48,7 @@ from opentelemetry.util.types import AttributeValue
 
 from ragobs import semconv
 from ragobs._classify import classify, error_type
+from ragobs._cost import CURRENCY
 from ragobs._gaps import ChunkGaps
 from ragobs._sources import aclose_source, aopen, check_streamed, close_source, open_sync
 from ragobs._summary_stats import SummaryStats
@@ -110,9 +111,9 @@ class _Ending:
     error.type), built once and reused by every stream that ends that way."""
 
     __slots__ = (
-        "attrs", "duration", "error_type", "exemplars", "input_attrs", "input_tokens", "key",
-        "outcome", "output_attrs", "output_tokens", "per_chunk", "phase_keys", "rate",
-        "ttfa", "ttft", "turn_calls", "turn_duration", "turn_input", "turn_output",
+        "attrs", "cost", "duration", "error_type", "exemplars", "input_attrs", "input_tokens",
+        "key", "outcome", "output_attrs", "output_tokens", "per_chunk", "phase_keys", "rate",
+        "ttfa", "ttft", "turn_calls", "turn_cost", "turn_duration", "turn_input", "turn_output",
         "turn_rate", "turn_tools", "turn_ttft",
     )
 
@@ -135,6 +136,7 @@ class _Ending:
         self.rate = BoundHistogram(telemetry.output_token_rate, attrs)
         self.per_chunk = BoundHistogram(telemetry.time_per_output_chunk, attrs)
         self.ttfa = BoundHistogram(telemetry.time_to_first_answer_chunk, attrs)
+        self.cost = BoundHistogram(telemetry.operation_cost, attrs)
         # The turn's series (the same labels: a turn of one call is both).
         self.turn_duration = BoundHistogram(telemetry.turn_duration, attrs)
         self.turn_ttft = BoundHistogram(telemetry.turn_time_to_first_chunk, attrs)
@@ -143,6 +145,7 @@ class _Ending:
         self.turn_rate = BoundHistogram(telemetry.turn_output_token_rate, attrs)
         self.turn_calls = BoundHistogram(telemetry.turn_inference_calls, attrs)
         self.turn_tools = BoundHistogram(telemetry.turn_tool_calls, attrs)
+        self.turn_cost = BoundHistogram(telemetry.turn_cost, attrs)
         self.phase_keys: dict[str, tuple[tuple[str, str], ...]] = {}
         #: latency and TTFT, when no exemplar goes to the SDK (ragobs keeps them)
         self.duration: BoundHistogram | None = None
@@ -269,6 +272,7 @@ class StreamObservation:
         "_cache_read",
         "_cache_write",
         "_content",
+        "_cost",
         "_ctx",
         "_finish_reasons",
         "_finished",
@@ -330,6 +334,8 @@ class StreamObservation:
         #: The chunk being read carries reasoning only (set by its reader).
         self._reasoning_chunk = False
         self._finished = False
+        #: The cost the response reported (USD), if it did.
+        self._cost: float | None = None
         #: The gaps between output chunks, from the first one on.
         self._gaps: ChunkGaps | None = None
         #: Answer text kept for the span, only when the user opted in.
@@ -441,6 +447,11 @@ class StreamObservation:
             self._cache_write = cache_write_input_tokens
         if reasoning_output_tokens is not None:
             self._reasoning = reasoning_output_tokens
+
+    def note_cost(self, amount: float) -> None:
+        """The cost the response itself reported, in USD (see :class:`ragobs.chunks.ChunkSink`)."""
+        if isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount >= 0:
+            self._cost = float(amount)
 
     def note_reasoning(self) -> None:
         """The chunk being read carries reasoning output only
@@ -597,11 +608,13 @@ class StreamObservation:
             window = t_end - t_first
             if tokens >= 2 and window > 0 and record_tokens:
                 rate = tokens / window
+        cost: tuple[float, str] | None = None
         if not self._owns_turn:  # an inference call of a turn
-            self._record_call(ending, outcome, tokens if record_tokens else None, latency,
-                              ttft=ttft, rate=rate, t_end=t_end)
+            cost = self._record_call(ending, outcome, tokens if record_tokens else None, latency,
+                                     ttft=ttft, rate=rate, t_end=t_end)
             turn.call_finished(failed=failed, input_tokens=input_tokens,
-                               output_tokens=tokens if record_tokens else None)
+                               output_tokens=tokens if record_tokens else None,
+                               cost=None if cost is None else cost[0])
             if self._phase is not None and t_first is None:
                 turn.phase(self._phase, self._t_start, t_end)
             turn_figures = None
@@ -610,16 +623,18 @@ class StreamObservation:
                 leave(turn, self._turn_stack)
             own_call = is_call
             if own_call:  # a turn of one call: the call's own figures too
-                self._record_call(ending, outcome, tokens if record_tokens else None, latency,
-                                  ttft=ttft, rate=rate, t_end=t_end)
+                cost = self._record_call(ending, outcome, tokens if record_tokens else None,
+                                         latency, ttft=ttft, rate=rate, t_end=t_end)
                 turn_out: int | None = tokens if record_tokens else None
                 turn_in = input_tokens
+                turn_cost = None if cost is None else cost[0]
             else:
-                turn_out, turn_in = turn.output_tokens, turn.input_tokens
+                turn_out, turn_in, turn_cost = (turn.output_tokens, turn.input_tokens,
+                                                turn.cost)
             turn_figures = (turn_out, turn_in)
             self._record_turn(ending, turn, own_call=own_call, outcome=outcome, failed=failed,
                               latency=latency, ttft=ttft, rate=rate, output_tokens=turn_out,
-                              input_tokens=turn_in)
+                              input_tokens=turn_in, cost=turn_cost)
             tel.active.add_key(started.active_key, -1)
         if self._also is not None:
             self._also.record(outcome, latency, ttft,
@@ -628,19 +643,43 @@ class StreamObservation:
         if span.is_recording():
             self._end_attributes(span, ending, exc, tokens if record_tokens else None, ttft,
                                  turn=turn if self._owns_turn else None,
-                                 turn_figures=turn_figures)
+                                 turn_figures=turn_figures, cost=cost)
         span.end()
         return outcome
 
+    def _call_cost(self) -> tuple[float, str] | None:
+        """(USD, source) of this call: what the response said, else computed from the
+        provider's usage; None when neither (an unknown model is counted apart)."""
+        if self._cost is not None:
+            return self._cost, "provider"
+        output_tokens = self._output_tokens
+        if output_tokens is None or self._input_tokens is None:
+            return None  # no usage from the provider: nothing to price
+        labels = self._labels
+        amount = self._telemetry.pricing.cost(
+            labels.provider or self._provider, (self.response_model, labels.model),
+            input_tokens=self._input_tokens, output_tokens=output_tokens,
+            cache_read=self._cache_read or 0, cache_write=self._cache_write or 0,
+            reasoning=self._reasoning or 0)
+        return None if amount is None else (amount, "local")
+
     def _record_call(self, ending: _Ending, outcome: Outcome, tokens: int | None,
                      latency: float, *, ttft: float | None, rate: float | None,
-                     t_end: float) -> None:
-        """The GenAI client figures of one LLM call (per model)."""
+                     t_end: float) -> tuple[float, str] | None:
+        """The GenAI client figures of one LLM call (per model); returns its cost."""
         tel = self._telemetry
         attrs = ending.attrs  # the names the metrics carry (bounded), for the calls table too
+        cost = self._call_cost()
+        if cost is not None:
+            ending.cost.record(cost[0])
+            tel.spend.add_key(ending.key, cost[0])  # type: ignore[arg-type]  # USD, not counts
+        elif self._output_tokens is not None and self._input_tokens is not None:
+            tel.unpriced.add_key(ending.key, 1)
         tel.calls.record(attrs.get(semconv.PROVIDER_NAME), attrs.get(semconv.REQUEST_MODEL),
                          outcome, latency=latency, ttft=ttft, input_tokens=self._input_tokens,
-                         output_tokens=tokens)
+                         output_tokens=tokens, cost=None if cost is None else cost[0],
+                         unpriced=cost is None and self._output_tokens is not None
+                         and self._input_tokens is not None)
         # Latency and TTFT carry the stream's trace id as an exemplar: in our
         # own table when setup() gave us one (see ExemplarTable), else through
         # the SDK's reservoir, which reads the span from ``context``.
@@ -675,10 +714,12 @@ class StreamObservation:
                 exemplars[0].offer(latency, trace_id, span_id, now)
                 if ttft is not None:
                     exemplars[1].offer(ttft, trace_id, span_id, now)
+        return cost
 
     def _record_turn(self, ending: _Ending, turn: Turn, *, own_call: bool, outcome: Outcome,
                      failed: bool, latency: float, ttft: float | None, rate: float | None,
-                     output_tokens: int | None, input_tokens: int | None) -> None:
+                     output_tokens: int | None, input_tokens: int | None,
+                     cost: float | None) -> None:
         """The figures of one turn: the seed's summary and the turn instruments."""
         tel = self._telemetry
         ending.turn_duration.record(latency)
@@ -689,6 +730,8 @@ class StreamObservation:
         calls = 1 if own_call else turn.calls
         ending.turn_calls.record(calls)
         ending.turn_tools.record(turn.tool_calls)
+        if cost is not None:
+            ending.turn_cost.record(cost)
         phases = None
         if ttft is not None:
             ending.turn_ttft.record(ttft)
@@ -708,7 +751,7 @@ class StreamObservation:
             tel.errors.add_key(key, 1)
         tel.summary.record(outcome, latency, ttft, output_tokens or 0, rate,
                            input_tokens=input_tokens, calls=calls,
-                           tool_calls=turn.tool_calls, phases=phases)
+                           tool_calls=turn.tool_calls, phases=phases, cost=cost)
 
     def _labels_from_chunks(self, labels: _LabelSet) -> _LabelSet:
         """``labels`` completed with the model and provider the chunks named,
@@ -727,7 +770,8 @@ class StreamObservation:
 
     def _end_attributes(self, span: trace.Span, ending: _Ending, exc: BaseException | None,
                         tokens: int | None, ttft: float | None, *, turn: Turn | None,
-                        turn_figures: tuple[int | None, int | None] | None) -> None:
+                        turn_figures: tuple[int | None, int | None] | None,
+                        cost: tuple[float, str] | None) -> None:
         span_attrs: dict[str, Any] = {semconv.OUTCOME: ending.outcome}
         input_tokens = self._input_tokens
         if turn is not None and turn.calls:  # a turn with calls: what they cost in all
@@ -744,6 +788,13 @@ class StreamObservation:
             span_attrs[semconv.TOOL_CALLS] = turn.tool_calls
             span_attrs[semconv.RETRIEVALS] = turn.retrievals
             span_attrs[semconv.FAILED_CALLS] = turn.failed_calls
+        if turn is not None and turn.calls:  # an agent's turn: its calls' cost summed
+            if turn.cost is not None:
+                span_attrs[semconv.TURN_COST_AMOUNT] = turn.cost
+        elif cost is not None:  # an inference call (a turn of one call included)
+            span_attrs[semconv.USAGE_COST_AMOUNT] = cost[0]
+            span_attrs[semconv.USAGE_COST_CURRENCY] = CURRENCY
+            span_attrs[semconv.USAGE_COST_SOURCE] = cost[1]
         if ttft is not None:
             span_attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
             if self._t_answer is not None:

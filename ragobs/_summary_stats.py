@@ -66,6 +66,11 @@ class Summary:
     ttft_breakdown: Mapping[str, float] = field(default_factory=dict)
     #: The LLM calls, per provider and model.
     calls: tuple[CallSummary, ...] = ()
+    #: USD over every priced call (the calls table's sum), and per successful turn
+    #: that had a cost; calls with provider usage but no price.
+    spend_usd: float = 0.0
+    avg_cost_usd: float | None = None
+    unpriced_calls: int = 0
 
     @classmethod
     def of(cls, requests: Mapping[Outcome, int], *, avg_ttft_seconds: float | None,
@@ -75,7 +80,8 @@ class Summary:
            avg_input_tokens: float | None = None, avg_inference_calls: float | None = None,
            avg_tool_calls: float | None = None,
            ttft_breakdown: Mapping[str, float] | None = None,
-           calls: tuple[CallSummary, ...] = ()) -> Summary:
+           calls: tuple[CallSummary, ...] = (),
+           avg_cost_usd: float | None = None) -> Summary:
         """The summary of finished ``requests`` by outcome, and these figures.
 
         One rule for every source: ``failed`` is ``error`` + ``timeout``;
@@ -106,6 +112,9 @@ class Summary:
             avg_tool_calls=avg_tool_calls,
             ttft_breakdown=dict(ttft_breakdown or {}),
             calls=calls,
+            spend_usd=sum(row.cost_usd for row in calls),
+            avg_cost_usd=avg_cost_usd,
+            unpriced_calls=sum(row.unpriced for row in calls),
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -125,19 +134,22 @@ class CallSummary:
     avg_latency_seconds: float | None
     input_tokens: int
     output_tokens: int
+    #: USD of the calls that had a cost; calls with provider usage but no price.
+    cost_usd: float = 0.0
+    unpriced: int = 0
 
 
 class CallTotals:
     """The running totals of one (provider, model): what :class:`CallStats`
     keeps in process and the host sidecar adds up from merged metrics."""
 
-    __slots__ = ("calls", "failed", "input_tokens", "latency_sum", "ok", "output_tokens",
-                 "ttft_n", "ttft_sum")
+    __slots__ = ("calls", "cost", "failed", "input_tokens", "latency_sum", "ok",
+                 "output_tokens", "ttft_n", "ttft_sum", "unpriced")
 
     def __init__(self) -> None:
-        self.calls = self.failed = self.ok = self.ttft_n = 0
+        self.calls = self.failed = self.ok = self.ttft_n = self.unpriced = 0
         self.input_tokens = self.output_tokens = 0
-        self.ttft_sum = self.latency_sum = 0.0
+        self.ttft_sum = self.latency_sum = self.cost = 0.0
 
 
 def call_summaries(rows: Mapping[tuple[str | None, str | None], CallTotals]
@@ -147,7 +159,8 @@ def call_summaries(rows: Mapping[tuple[str | None, str | None], CallTotals]
         provider=provider, model=model, calls=row.calls, failed=row.failed,
         avg_ttft_seconds=row.ttft_sum / row.ttft_n if row.ttft_n else None,
         avg_latency_seconds=row.latency_sum / row.ok if row.ok else None,
-        input_tokens=row.input_tokens, output_tokens=row.output_tokens)
+        input_tokens=row.input_tokens, output_tokens=row.output_tokens,
+        cost_usd=row.cost, unpriced=row.unpriced)
         for (provider, model), row in rows.items() if row.calls]
     out.sort(key=lambda r: (-r.calls, str(r.provider), str(r.model)))
     return tuple(out)
@@ -169,7 +182,8 @@ class CallStats:
 
     def record(self, provider: str | None, model: str | None, outcome: Outcome, *,
                latency: float, ttft: float | None, input_tokens: int | None,
-               output_tokens: int | None) -> None:
+               output_tokens: int | None, cost: float | None = None,
+               unpriced: bool = False) -> None:
         with self._lock:
             rows = self._rows
             key = (provider, model)
@@ -191,6 +205,10 @@ class CallStats:
                     row.ttft_n += 1
             row.input_tokens += input_tokens or 0
             row.output_tokens += output_tokens or 0
+            if cost is not None:
+                row.cost += cost
+            elif unpriced:
+                row.unpriced += 1
 
     def snapshot(self) -> tuple[CallSummary, ...]:
         """One row per (provider, model), the most called first."""
@@ -279,6 +297,8 @@ class SummaryStats:
 
     __slots__ = (
         "_calls_sum",
+        "_cost_n",
+        "_cost_sum",
         "_counts",
         "_in_flight",
         "_input_n",
@@ -314,6 +334,8 @@ class SummaryStats:
         self._input_n = 0
         self._calls_sum = 0
         self._tools_sum = 0
+        self._cost_sum = 0.0
+        self._cost_n = 0
         self._phases: dict[str, float] = {}
 
     def started(self) -> None:
@@ -332,6 +354,7 @@ class SummaryStats:
         calls: int = 1,
         tool_calls: int = 0,
         phases: Mapping[str, float] | None = None,
+        cost: float | None = None,
     ) -> None:
         """Count one finished request, a turn (call :meth:`started` before it):
         ``tokens`` and ``input_tokens`` are what it cost over its ``calls``
@@ -346,6 +369,9 @@ class SummaryStats:
                 self._input_n += 1
             self._calls_sum += calls
             self._tools_sum += tool_calls
+            if cost is not None:
+                self._cost_sum += cost
+                self._cost_n += 1
             if phases:
                 held = self._phases
                 for phase, seconds in phases.items():
@@ -411,6 +437,7 @@ class SummaryStats:
                 ttft_breakdown={name: seconds / ttft_n for name, seconds in
                                 sorted(self._phases.items())} if ttft_n else {},
                 calls=calls,
+                avg_cost_usd=self._cost_sum / self._cost_n if self._cost_n else None,
             )
 
 

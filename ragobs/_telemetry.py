@@ -20,6 +20,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 
 from ragobs import semconv
+from ragobs._cost import Price, Pricing
 from ragobs._gaps import BOUNDS, ChunkGaps
 from ragobs._labels import DEFAULT_MAX_SERIES, DEFAULT_MAX_VALUES, LabelGuard, SeriesGuard
 from ragobs._summary_stats import CallStats, SummaryStats
@@ -219,6 +220,10 @@ class Telemetry:
         exemplars: where latency and TTFT exemplars go instead of the SDK's
             reservoir (see :class:`ExemplarTable`). ``None`` (the default, and
             always for an application's own providers): the SDK takes them.
+        prices: what inference calls cost: a :class:`~ragobs.Pricing`, or a dict
+            of model name -> :class:`~ragobs.Price` (USD per million tokens) that
+            come before genai-prices' snapshot (used when the ``[cost]`` extra is
+            installed). ``None``: genai-prices alone, if installed.
     """
 
     def __init__(
@@ -231,6 +236,7 @@ class Telemetry:
         max_series: int = DEFAULT_MAX_SERIES,
         capture_content: bool = False,
         exemplars: ExemplarTable | None = None,
+        prices: Pricing | dict[str, Price] | None = None,
     ) -> None:
         _check_provider("tracer_provider", tracer_provider, trace.TracerProvider)
         _check_provider("meter_provider", meter_provider, metrics.MeterProvider)
@@ -251,6 +257,8 @@ class Telemetry:
         self.calls = CallStats(max_series)
         self.capture_content = capture_content
         self.exemplars = exemplars
+        #: What calls cost (see :mod:`ragobs._cost`).
+        self.pricing = prices if isinstance(prices, Pricing) else Pricing(prices)
         #: The stream module's memo of attribute dicts per (operation,
         #: provider, model); it caps the size.
         self.label_sets: dict[tuple[str, str | None, str | None, str | None], _LabelSet] = {}
@@ -266,6 +274,10 @@ class Telemetry:
         self.time_to_first_answer_chunk: Histogram = self.histogram(
             semconv.TIME_TO_FIRST_ANSWER_CHUNK)
         self.token_usage: Histogram = self.histogram(semconv.TOKEN_USAGE)
+        self.operation_cost: Histogram = self.histogram(semconv.OPERATION_COST)
+        #: USD, not counts: the table adds whatever number it is given.
+        self.spend = self.counter(semconv.SPEND)
+        self.unpriced = self.counter(semconv.UNPRICED_CALLS)
         self.output_token_rate: Histogram = self.histogram(semconv.OUTPUT_TOKEN_RATE)
         self.stage_duration: Histogram = self.histogram(semconv.STAGE_DURATION)
         self.turn_duration: Histogram = self.histogram(semconv.TURN_DURATION)
@@ -275,6 +287,7 @@ class Telemetry:
         self.turn_output_token_rate: Histogram = self.histogram(semconv.TURN_OUTPUT_TOKEN_RATE)
         self.turn_inference_calls: Histogram = self.histogram(semconv.TURN_INFERENCE_CALLS)
         self.turn_tool_calls: Histogram = self.histogram(semconv.TURN_TOOL_CALLS)
+        self.turn_cost: Histogram = self.histogram(semconv.TURN_COST)
         #: Sums of seconds, not counts: the table adds whatever number it is given.
         self.ttft_phases = self.counter(semconv.TURN_TTFT_PHASES)
 

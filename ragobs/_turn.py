@@ -55,7 +55,8 @@ class Turn:
     Memory is a few counters and one entry per phase name.
     """
 
-    __slots__ = ("__weakref__", "_lock", "calls", "context", "failed_calls", "input_tokens",
+    __slots__ = ("__weakref__", "_lock", "calls", "context", "cost", "failed_calls",
+                 "input_tokens",
                  "output_tokens", "phases", "retrievals", "source", "t_first", "t_start",
                  "tool_calls")
 
@@ -71,6 +72,8 @@ class Turn:
         #: Provider usage summed over the calls (counted chunks where none was reported).
         self.input_tokens: int | None = None
         self.output_tokens = 0
+        #: USD summed over the calls that had a cost (None: none had).
+        self.cost: float | None = None
         #: phase name -> seconds of the time to first chunk
         self.phases: dict[str, float] = {}
         #: The generator the turn's stream reads from, once opened: code it runs is the turn's.
@@ -79,8 +82,10 @@ class Turn:
         self.context: Context | None = None
 
     def call_finished(self, *, failed: bool, input_tokens: int | None,
-                      output_tokens: int | None) -> None:
+                      output_tokens: int | None, cost: float | None = None) -> None:
         with self._lock:
+            if cost is not None:
+                self.cost = (self.cost or 0.0) + cost
             self.calls += 1
             if failed:
                 self.failed_calls += 1

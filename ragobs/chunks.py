@@ -55,6 +55,10 @@ class ChunkSink(Protocol):
         ``cache_write_input_tokens`` (the sink also takes their old name,
         ``cache_creation_input_tokens``)."""
 
+    def note_cost(self, amount: float) -> None:
+        """The cost of the call in USD, as the response itself reported it
+        (OpenRouter's ``usage.cost``, a gateway's)."""
+
     def note_reasoning(self) -> None:
         """The chunk being read carries reasoning (thinking) output and no answer:
         it counts for the time to first chunk, not for the time to first answer chunk."""
@@ -80,6 +84,9 @@ class _Discard:
         pass
 
     def note_reasoning(self) -> None:
+        pass
+
+    def note_cost(self, amount: float) -> None:
         pass
 
     def note_response(self, **_: Any) -> None:
@@ -135,6 +142,9 @@ def _openai_usage(usage: Any, sink: ChunkSink) -> None:
         cache_read_input_tokens=_int(_get(prompt, "cached_tokens")) if prompt else None,
         reasoning_output_tokens=_int(_get(completion, "reasoning_tokens")) if completion else None,
     )
+    cost = _get(usage, "cost")  # OpenRouter and gateways price the call themselves
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+        sink.note_cost(cost)
 
 
 def read_openai_chat(chunk: Any, sink: ChunkSink) -> int:

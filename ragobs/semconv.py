@@ -17,6 +17,7 @@ __all__ = [
     "AGENT_NAME",
     "ALL_INSTRUMENTS",
     "CALLS_BUCKETS",
+    "COST_BUCKETS",
     "DATA_SOURCE_ID",
     "DURATION_BUCKETS",
     "ERRORS",
@@ -37,6 +38,7 @@ __all__ = [
     "FALLBACK_PARTIAL",
     "INFERENCE_CALLS",
     "NAME",
+    "OPERATION_COST",
     "OPERATION_DURATION",
     "OPERATION_EXECUTE_TOOL",
     "OPERATION_INVOKE_AGENT",
@@ -81,6 +83,7 @@ __all__ = [
     "RETRY_EXHAUSTED",
     "RETRY_GIVE_UP_REASON",
     "RETRY_REASON",
+    "SPEND",
     "STAGE",
     "STAGE_DURATION",
     "TIMEOUTS",
@@ -99,6 +102,8 @@ __all__ = [
     "TOOL_CALLS",
     "TOOL_CALL_ID",
     "TOOL_NAME",
+    "TURN_COST",
+    "TURN_COST_AMOUNT",
     "TURN_DURATION",
     "TURN_INFERENCE_CALLS",
     "TURN_OUTPUT_TOKEN_RATE",
@@ -106,8 +111,12 @@ __all__ = [
     "TURN_TOKEN_USAGE",
     "TURN_TOOL_CALLS",
     "TURN_TTFT_PHASES",
+    "UNPRICED_CALLS",
     "USAGE_CACHE_READ_INPUT_TOKENS",
     "USAGE_CACHE_WRITE_INPUT_TOKENS",
+    "USAGE_COST_AMOUNT",
+    "USAGE_COST_CURRENCY",
+    "USAGE_COST_SOURCE",
     "USAGE_INPUT_TOKENS",
     "USAGE_OUTPUT_TOKENS",
     "USAGE_REASONING_OUTPUT_TOKENS",
@@ -134,6 +143,14 @@ ERROR_TYPE: Final = "error.type"
 USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+#: Cost of one inference call (the open proposal open-telemetry/semantic-conventions-genai#443).
+USAGE_COST_AMOUNT: Final = "gen_ai.usage.cost.amount"
+USAGE_COST_CURRENCY: Final = "gen_ai.usage.cost.currency"
+#: ``provider`` (the response said it) or ``local`` (ragobs computed it).
+USAGE_COST_SOURCE: Final = "gen_ai.usage.cost.source"
+#: ragobs' own, on an agent's turn span: its calls' cost summed (the proposal keeps
+#: gen_ai.usage.cost.* to inference spans, so that nothing is counted twice).
+TURN_COST_AMOUNT: Final = "ragobs.turn.cost.amount"
 #: ragobs' own: the time to the first chunk of the answer, after any reasoning output.
 RESPONSE_TIME_TO_FIRST_ANSWER_CHUNK: Final = "ragobs.response.time_to_first_answer_chunk"
 USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
@@ -260,6 +277,10 @@ TOKEN_USAGE_BUCKETS: Final = (
 CALLS_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128)
 #: Output tokens per second ({token}/s); 20/s is the seed's target.
 TOKEN_RATE_BUCKETS: Final = (1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 500, 1000)
+#: USD per call: a hundredth of a cent to ten dollars.
+COST_BUCKETS: Final = (
+    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+)
 #: Waits in front of a rate limiter, up to the usual one-minute window.
 WAIT_BUCKETS: Final = (
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -307,6 +328,23 @@ TIME_TO_FIRST_ANSWER_CHUNK = InstrumentSpec(
     "(text, refusal or tool call), after any reasoning output; equal to the time to first "
     "chunk when the model streams no reasoning.",
     DURATION_BUCKETS, "ragobs_stream_time_to_first_answer_chunk_seconds",
+)
+OPERATION_COST = InstrumentSpec(
+    "gen_ai.client.operation.cost", Kind.HISTOGRAM, "usd",
+    "Cost of one inference call in USD: the provider's when the response said, else "
+    "computed from its usage (proposal semantic-conventions-genai#443).",
+    COST_BUCKETS, "gen_ai_client_operation_cost_usd",
+)
+SPEND = InstrumentSpec(
+    "ragobs.spend", Kind.COUNTER, "usd",
+    "What the inference calls cost, in USD, by provider and model.",
+    None, "ragobs_spend_usd_total",
+)
+UNPRICED_CALLS = InstrumentSpec(
+    "ragobs.unpriced_calls", Kind.COUNTER, "{call}",
+    "Inference calls with provider usage but no price: a model neither your prices nor "
+    "genai-prices know (never guessed).",
+    None, "ragobs_unpriced_calls_total",
 )
 TOKEN_USAGE = InstrumentSpec(
     "gen_ai.client.token.usage", Kind.HISTOGRAM, "{token}",
@@ -366,6 +404,11 @@ TURN_TOOL_CALLS = InstrumentSpec(
     "ragobs.turn.tool_calls", Kind.HISTOGRAM, "{call}",
     "Tool calls made by one turn (as gen_ai.invoke_agent.tool_calls, for every turn).",
     CALLS_BUCKETS, "ragobs_turn_tool_calls",
+)
+TURN_COST = InstrumentSpec(
+    "ragobs.turn.cost", Kind.HISTOGRAM, "usd",
+    "What one turn's priced LLM calls cost in all, in USD (turns with at least one priced call).",
+    COST_BUCKETS, "ragobs_turn_cost_usd",
 )
 TURN_TTFT_PHASES = InstrumentSpec(
     "ragobs.turn.time_to_first_chunk.phase", Kind.COUNTER, "s",
@@ -438,10 +481,10 @@ PUSH_DROPPED = InstrumentSpec(
 
 ALL_INSTRUMENTS: Final = (
     OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK, TIME_TO_FIRST_ANSWER_CHUNK,
-    TOKEN_USAGE,
+    OPERATION_COST, SPEND, UNPRICED_CALLS, TOKEN_USAGE,
     OUTPUT_TOKEN_RATE, REQUESTS, ERRORS, REQUESTS_ACTIVE, TURN_DURATION,
     TURN_TIME_TO_FIRST_CHUNK, TURN_TOKEN_USAGE, TURN_OUTPUT_TOKEN_RATE, TURN_INFERENCE_CALLS,
-    TURN_TOOL_CALLS, TURN_TTFT_PHASES, STAGE_DURATION,
+    TURN_TOOL_CALLS, TURN_TTFT_PHASES, TURN_COST, STAGE_DURATION,
     RATELIMIT_WAIT, RATELIMIT_ACQUISITIONS, RATELIMIT_REJECTIONS, RATELIMIT_BACKEND_ERRORS,
     RETRY_ATTEMPTS, RETRY_DELAY, RETRY_EXHAUSTED, TIMEOUTS, FALLBACKS, PUSH_DROPPED,
 )

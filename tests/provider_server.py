@@ -162,6 +162,8 @@ class Reply:
     cached_tokens: int = 0
     #: Anthropic ``cache_creation_input_tokens`` (input tokens written to the prompt cache).
     cache_write_tokens: int = 0
+    #: Chat Completions: ``usage.cost`` in USD, as OpenRouter and gateways report it.
+    cost: float | None = None
     #: Reasoning streamed before the pieces (stream only): Anthropic a ``thinking`` block
     #: (``thinking_delta``s, then its ``signature_delta``), Chat Completions
     #: ``delta.reasoning_content`` (as DeepSeek and vLLM stream it). The first of them
@@ -680,7 +682,7 @@ class _Chat(_Api):
 
     def usage(self) -> dict[str, Any]:
         r = self.reply
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": r.input_tokens,
             "completion_tokens": r.output_tokens,
             "total_tokens": r.input_tokens + r.output_tokens,
@@ -690,6 +692,9 @@ class _Chat(_Api):
                 "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
             },
         }
+        if r.cost is not None:
+            usage["cost"] = r.cost
+        return usage
 
     def chunk(self, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
         obj: dict[str, Any] = {

@@ -45,6 +45,7 @@ SUMMARY_KEYS = [
     "failure_rate", "avg_ttft_seconds", "avg_latency_seconds", "avg_tokens",
     "avg_tokens_per_second", "ttft_seconds", "latency_seconds", "in_flight",
     "avg_input_tokens", "avg_inference_calls", "avg_tool_calls", "ttft_breakdown", "calls",
+    "spend_usd", "avg_cost_usd", "unpriced_calls",
     "service", "version", "uptime_seconds",
 ]
 RESILIENCE_KEYS = [
@@ -263,7 +264,8 @@ def base_report() -> Report:
             ttft_seconds=Percentiles(0.2, 0.6, 0.9), latency_seconds=Percentiles(1.2, 2.5, 3.5),
             in_flight=5, avg_input_tokens=812.0, avg_inference_calls=2.0, avg_tool_calls=0.5,
             ttft_breakdown={"route": 0.05, "retrieve": 0.07, "llm": 0.12, "other": 0.01},
-            calls=(CallSummary("openai", "gpt-4o", 62, 3, 0.11, 0.9, 50344, 2604),)),
+            calls=(CallSummary("openai", "gpt-4o", 62, 3, 0.11, 0.9, 50344, 2604, 0.152, 2),),
+            spend_usd=0.152, avg_cost_usd=0.0049, unpriced_calls=2),
         resilience=ResilienceCounts(*range(11, 11 + len(dataclasses.fields(ResilienceCounts)))),
         service="svc", version="9.9.9", uptime_seconds=12.0)
 

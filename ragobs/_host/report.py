@@ -188,6 +188,8 @@ class HostFigures:
     phases: Mapping[str, float] = field(default_factory=dict)
     #: the LLM calls per (provider, model)
     calls: tuple[CallSummary, ...] = ()
+    #: what successful turns with a priced call cost, in USD
+    turn_cost: HistogramValue | None = None
 
 
 def host_figures(source: HostMetrics | HostSnapshot, *, declared_bounds: bool = False
@@ -285,6 +287,7 @@ def host_figures(source: HostMetrics | HostSnapshot, *, declared_bounds: bool = 
         tool_calls=_merge(turns(semconv.TURN_TOOL_CALLS.name)),
         phases=dict(sorted(phases.items())),
         calls=_calls(snapshot, ok, failed, output),
+        turn_cost=_merge(turns(semconv.TURN_COST.name)),
     )
 
 
@@ -329,6 +332,11 @@ def _calls(snapshot: HostSnapshot, ok: Callable[[SeriesSnapshot], bool],
                 held.output_tokens += round(value.sum)
             else:
                 held.input_tokens += round(value.sum)
+    for series in _series(snapshot, semconv.OPERATION_COST.name):  # any producer's
+        if isinstance(series.value, HistogramValue):
+            row(series).cost += series.value.sum
+    for series in _numbers(snapshot, semconv.UNPRICED_CALLS.name):
+        row(series).unpriced += round(series.value)  # type: ignore[arg-type]
     return call_summaries(rows)
 
 
@@ -351,6 +359,7 @@ def host_summary(source: HostMetrics | HostSnapshot) -> Summary:
         ttft_breakdown={name: seconds / ttft_n for name, seconds in figures.phases.items()}
         if ttft_n else {},
         calls=figures.calls,
+        avg_cost_usd=_mean(figures.turn_cost),
     )
 
 
