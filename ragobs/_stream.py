@@ -146,7 +146,8 @@ class _Ending:
         self.turn_calls = BoundHistogram(telemetry.turn_inference_calls, attrs)
         self.turn_tools = BoundHistogram(telemetry.turn_tool_calls, attrs)
         self.turn_cost = BoundHistogram(telemetry.turn_cost, attrs)
-        self.phase_keys: dict[str, tuple[tuple[str, str], ...]] = {}
+        #: (attribute, value) -> the counter key of these attributes plus that one
+        self.phase_keys: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         #: latency and TTFT, when no exemplar goes to the SDK (ragobs keeps them)
         self.duration: BoundHistogram | None = None
         self.ttft: BoundHistogram | None = None
@@ -166,12 +167,17 @@ class _Ending:
 
     def phase_key(self, telemetry: Telemetry, phase: str) -> tuple[tuple[str, str], ...]:
         """The counter key of one phase of the time to first chunk (cached)."""
-        found = self.phase_keys.get(phase)
+        return self.key_with(telemetry, semconv.PHASE, phase)
+
+    def key_with(self, telemetry: Telemetry, attribute: str,
+                 value: str) -> tuple[tuple[str, str], ...]:
+        """The counter key of these attributes plus ``attribute=value`` (cached)."""
+        found = self.phase_keys.get((attribute, value))
         if found is None:
-            attrs = {**self.attrs, semconv.PHASE: telemetry.bound(semconv.PHASE, phase)}
+            attrs = {**self.attrs, attribute: telemetry.bound(attribute, value)}
             found = tuple(sorted(attrs.items()))
             if len(self.phase_keys) < _ENDINGS_CACHED:
-                self.phase_keys[phase] = found
+                self.phase_keys[(attribute, value)] = found
         return found
 
 
@@ -675,6 +681,16 @@ class StreamObservation:
             tel.spend.add_key(ending.key, cost[0])  # type: ignore[arg-type]  # USD, not counts
         elif self._output_tokens is not None and self._input_tokens is not None:
             tel.unpriced.add_key(ending.key, 1)
+        reasons = self._finish_reasons
+        if reasons:
+            for reason in reasons.values():
+                tel.finish_reasons.add_key(
+                    ending.key_with(tel, semconv.FINISH_REASON, reason), 1)
+        for kind, n in ((semconv.UsageTokenType.CACHE_READ, self._cache_read),
+                        (semconv.UsageTokenType.CACHE_WRITE, self._cache_write),
+                        (semconv.UsageTokenType.REASONING, self._reasoning)):
+            if n:
+                tel.usage_tokens.add_key(ending.key_with(tel, semconv.USAGE_TOKEN_TYPE, kind), n)
         tel.calls.record(attrs.get(semconv.PROVIDER_NAME), attrs.get(semconv.REQUEST_MODEL),
                          outcome, latency=latency, ttft=ttft, input_tokens=self._input_tokens,
                          output_tokens=tokens, cost=None if cost is None else cost[0],

@@ -278,6 +278,8 @@ class Telemetry:
         #: USD, not counts: the table adds whatever number it is given.
         self.spend = self.counter(semconv.SPEND)
         self.unpriced = self.counter(semconv.UNPRICED_CALLS)
+        self.finish_reasons = self.counter(semconv.FINISH_REASONS)
+        self.usage_tokens = self.counter(semconv.USAGE_TOKENS)
         self.output_token_rate: Histogram = self.histogram(semconv.OUTPUT_TOKEN_RATE)
         self.stage_duration: Histogram = self.histogram(semconv.STAGE_DURATION)
         self.turn_duration: Histogram = self.histogram(semconv.TURN_DURATION)

@@ -36,6 +36,8 @@ __all__ = [
     "FAILED_CALLS",
     "FALLBACKS",
     "FALLBACK_PARTIAL",
+    "FINISH_REASON",
+    "FINISH_REASONS",
     "INFERENCE_CALLS",
     "NAME",
     "OPERATION_COST",
@@ -121,12 +123,15 @@ __all__ = [
     "USAGE_OUTPUT_TOKENS",
     "USAGE_REASONING_OUTPUT_TOKENS",
     "USAGE_SOURCE",
+    "USAGE_TOKENS",
+    "USAGE_TOKEN_TYPE",
     "WAIT_BUCKETS",
     "InstrumentSpec",
     "Kind",
     "Outcome",
     "RetryGiveUp",
     "TokenType",
+    "UsageTokenType",
 ]
 
 
@@ -179,6 +184,11 @@ FAILED_CALLS: Final = "ragobs.turn.failed_calls"
 #: Where a turn's time to first chunk went: a stage name, ``ratelimit``,
 #: ``llm`` (LLM requests up to their first chunk) or ``other``.
 PHASE: Final = "ragobs.phase"
+#: One finish reason of one choice (``stop``, ``length``, ``tool_calls``, ...), on
+#: ragobs.finish_reasons (gen_ai.response.finish_reasons is an array: spans only).
+FINISH_REASON: Final = "ragobs.finish_reason"
+#: The part of the provider's usage ragobs.usage.tokens counts.
+USAGE_TOKEN_TYPE: Final = "ragobs.token.type"
 
 #: gen_ai.operation.name values of the agent conventions.
 OPERATION_INVOKE_AGENT: Final = "invoke_agent"
@@ -213,6 +223,14 @@ class Outcome(StrEnum):
 class TokenType(StrEnum):
     INPUT = "input"
     OUTPUT = "output"
+
+
+class UsageTokenType(StrEnum):
+    """The parts of the provider's usage ragobs.usage.tokens counts."""
+
+    CACHE_READ = "cache_read"  # part of the input tokens
+    CACHE_WRITE = "cache_write"  # part of the input tokens
+    REASONING = "reasoning"  # part of the output tokens
 
 
 # --- span event names ------------------------------------------------------
@@ -345,6 +363,18 @@ UNPRICED_CALLS = InstrumentSpec(
     "Inference calls with provider usage but no price: a model neither your prices nor "
     "genai-prices know (never guessed).",
     None, "ragobs_unpriced_calls_total",
+)
+FINISH_REASONS = InstrumentSpec(
+    "ragobs.finish_reasons", Kind.COUNTER, "{choice}",
+    "Finish reasons of the inference calls, one per choice, by ragobs.finish_reason "
+    "(the share cut off by length is length over all).",
+    None, "ragobs_finish_reasons_total",
+)
+USAGE_TOKENS = InstrumentSpec(
+    "ragobs.usage.tokens", Kind.COUNTER, "{token}",
+    "Parts of the provider's usage by ragobs.token.type: cache_read and cache_write (parts of "
+    "the input tokens), reasoning (part of the output tokens).",
+    None, "ragobs_usage_tokens_total",
 )
 TOKEN_USAGE = InstrumentSpec(
     "gen_ai.client.token.usage", Kind.HISTOGRAM, "{token}",
@@ -481,7 +511,7 @@ PUSH_DROPPED = InstrumentSpec(
 
 ALL_INSTRUMENTS: Final = (
     OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK, TIME_TO_FIRST_ANSWER_CHUNK,
-    OPERATION_COST, SPEND, UNPRICED_CALLS, TOKEN_USAGE,
+    OPERATION_COST, SPEND, UNPRICED_CALLS, FINISH_REASONS, USAGE_TOKENS, TOKEN_USAGE,
     OUTPUT_TOKEN_RATE, REQUESTS, ERRORS, REQUESTS_ACTIVE, TURN_DURATION,
     TURN_TIME_TO_FIRST_CHUNK, TURN_TOKEN_USAGE, TURN_OUTPUT_TOKEN_RATE, TURN_INFERENCE_CALLS,
     TURN_TOOL_CALLS, TURN_TTFT_PHASES, TURN_COST, STAGE_DURATION,

@@ -127,6 +127,10 @@ async def test_anthropic_thinking_is_output_and_the_answer_is_timed_apart(
     assert "gen_ai.usage.cache_creation.input_tokens" not in attrs
     assert attrs[semconv.USAGE_CACHE_READ_INPUT_TOKENS] == 30
     assert attrs[semconv.USAGE_INPUT_TOKENS] == 160
+    # ragobs_usage_tokens_total: the cache-hit ratio is cache_read over the input tokens.
+    usage = semconv.USAGE_TOKENS.name
+    assert otel.value(usage, ragobs__token__type="cache_read") == 30
+    assert otel.value(usage, ragobs__token__type="cache_write") == 120
 
 
 async def test_openai_compatible_reasoning_content_is_output(
@@ -165,3 +169,7 @@ async def test_every_choice_keeps_its_finish_reason(
     assert texts == ["Hello world!"] * 3
     attrs = only_span(otel).attributes or {}
     assert attrs[semconv.RESPONSE_FINISH_REASONS] == ("stop", "length", "stop")
+    # ragobs_finish_reasons_total: one per choice, the share cut off by length readable.
+    reasons = semconv.FINISH_REASONS.name
+    assert otel.value(reasons, ragobs__finish_reason="stop") == 2
+    assert otel.value(reasons, ragobs__finish_reason="length") == 1
