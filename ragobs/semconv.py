@@ -5,10 +5,17 @@ Names follow the OpenTelemetry GenAI semantic conventions where one exists
 Prometheus exporter turns dots into underscores, appends the unit
 (``_seconds``, ``_per_second``) and ``_total`` for counters; the resulting
 Prometheus names are listed in the README.
+
+GenAI metric names that an open change of the conventions renames are in
+:data:`PENDING_RENAMES`; ``RAGOBS_GENAI_METRIC_NAMES=proposed`` takes the
+proposed names now (default ``current``), and :func:`rewrite_names` moves a
+dashboard or rules file to them. A rename is one edit of that table.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -39,6 +46,8 @@ __all__ = [
     "FINISH_REASON",
     "FINISH_REASONS",
     "INFERENCE_CALLS",
+    "METRIC_NAMES",
+    "METRIC_NAMES_ENV",
     "NAME",
     "OPERATION_COST",
     "OPERATION_DURATION",
@@ -50,6 +59,7 @@ __all__ = [
     "OUTCOME",
     "OUTPUT_MESSAGES",
     "OUTPUT_TOKEN_RATE",
+    "PENDING_RENAMES",
     "PHASE",
     "PROVIDER_AZURE_OPENAI",
     "PROVIDER_NAME",
@@ -132,6 +142,7 @@ __all__ = [
     "RetryGiveUp",
     "TokenType",
     "UsageTokenType",
+    "rewrite_names",
 ]
 
 
@@ -340,6 +351,60 @@ TIME_PER_OUTPUT_CHUNK = InstrumentSpec(
     "Time between consecutive output chunks of a stream, one value per chunk after the first.",
     TIME_PER_OUTPUT_CHUNK_BUCKETS, "gen_ai_client_operation_time_per_output_chunk_seconds",
 )
+
+#: GenAI metric names an open change of the conventions renames: today's -> proposed
+#: (open-telemetry/semantic-conventions-genai#521: inference metrics under
+#: gen_ai.client.inference.*). The token usage counters of #374 change the instrument
+#: kind as well, so they are not a rename and are not here.
+PENDING_RENAMES: Final = {
+    "gen_ai.client.operation.duration": "gen_ai.client.inference.duration",
+    "gen_ai.client.operation.time_to_first_chunk": "gen_ai.client.inference.time_to_first_chunk",
+    "gen_ai.client.operation.time_per_output_chunk":
+        "gen_ai.client.inference.time_per_output_chunk",
+}
+#: The environment variable that chooses the names: ``current`` or ``proposed``.
+METRIC_NAMES_ENV: Final = "RAGOBS_GENAI_METRIC_NAMES"
+
+
+def _metric_names() -> str:
+    value = os.environ.get(METRIC_NAMES_ENV, "current").strip().lower() or "current"
+    if value not in ("current", "proposed"):
+        raise ValueError(f"{METRIC_NAMES_ENV} must be 'current' or 'proposed', got {value!r}")
+    return value
+
+
+#: ``current`` (the conventions as released) or ``proposed`` (:data:`PENDING_RENAMES`).
+METRIC_NAMES: Final = _metric_names()
+
+
+def _prometheus(otel_name: str) -> str:
+    return otel_name.replace(".", "_")
+
+
+def _named(spec: InstrumentSpec) -> InstrumentSpec:
+    """``spec`` under the names :data:`METRIC_NAMES` chooses."""
+    new = PENDING_RENAMES.get(spec.name)
+    if METRIC_NAMES != "proposed" or new is None:
+        return spec
+    return dataclasses.replace(spec, name=new, prometheus_name=spec.prometheus_name.replace(
+        _prometheus(spec.name), _prometheus(new), 1))
+
+
+def rewrite_names(text: str, to: str = "proposed") -> str:
+    """``text`` (a dashboard, rules, queries) with the Prometheus names of
+    :data:`PENDING_RENAMES` moved ``to`` the proposed (or back to the current) names."""
+    if to not in ("current", "proposed"):
+        raise ValueError(f"to must be 'current' or 'proposed', got {to!r}")
+    for current, proposed in PENDING_RENAMES.items():
+        old, new = _prometheus(current), _prometheus(proposed)
+        text = text.replace(*((old, new) if to == "proposed" else (new, old)))
+    return text
+
+
+OPERATION_DURATION = _named(OPERATION_DURATION)
+TIME_TO_FIRST_CHUNK = _named(TIME_TO_FIRST_CHUNK)
+TIME_PER_OUTPUT_CHUNK = _named(TIME_PER_OUTPUT_CHUNK)
+
 TIME_TO_FIRST_ANSWER_CHUNK = InstrumentSpec(
     "ragobs.stream.time_to_first_answer_chunk", Kind.HISTOGRAM, "s",
     "Time from the start of a streamed operation to its first chunk of the answer itself "
