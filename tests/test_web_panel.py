@@ -36,7 +36,7 @@ from ragobs._runtime import Runtime, setup
 from ragobs._server.app import _page, create_app
 from ragobs._server.sidecar import Sidecar
 from ragobs._stages import stage, tool
-from ragobs._stream import observe_stream
+from ragobs._stream import observe, observe_stream
 from ragobs._summary import format_dashboard
 from ragobs._summary_stats import CallSummary, SummaryStats
 from ragobs._telemetry import Telemetry
@@ -70,6 +70,9 @@ TURN_FIELDS: dict[str, str] = {
     "avg_inference_calls": "number",
     "avg_tool_calls": "number",
     "avg_input_tokens": "number",
+    "avg_cost_usd": "usd",
+    "spend_usd": "usd",
+    "unpriced_calls": "int",
 }
 RESILIENCE_FIELDS: dict[str, str] = {
     f"resilience.{k}": "int" for k in (
@@ -110,6 +113,8 @@ def shown(kind: str, value: Any) -> str:
         return f"{value:.3f}s"
     if kind == "number":
         return f"{value:.1f}"
+    if kind == "usd":
+        return f"${value:.4f}"
     return str(value)
 
 
@@ -636,9 +641,12 @@ async def test_turns_and_their_calls_in_chromium_match_api_summary(
     assert set(rows) == {"gpt-primary", "claude-backup"}
     # A model whose every call failed still has its row.
     assert rows["gpt-primary"] == ["gpt-primary", "openai", "5", "5", "100.0%", DASH, DASH,
-                                   "0", "0"]
+                                   "0", "0", "$0.0000", "0"]
     assert rows["claude-backup"][1:5] == ["anthropic", "5", "1", "20.0%"]
-    assert rows["claude-backup"][7:] == ["480", "20"]  # the 4 answers' usage
+    # The 4 answers' usage; a model no price list knows: no spend, 4 unpriced calls.
+    assert rows["claude-backup"][7:] == ["480", "20", "$0.0000", "4"]
+    assert fields["spend_usd"] == "$0.0000" and fields["unpriced_calls"] == "4"
+    assert fields["avg_cost_usd"] == DASH
 
     # Where the turns' time to first token went: the phases add up to the avg TTFT.
     phases = data["ttft_breakdown"]
@@ -721,7 +729,7 @@ async def test_panel_hides_what_older_or_other_agents_data_lacks(browser: DevToo
         tables = await page.evaluate(TABLES_JS)
         assert tables["calls-table"] == calls_rows(other_agent)
         assert tables["calls-table"][1] == ["(no model)", DASH, "1", "1", "100.0%", DASH, DASH,
-                                            "0", "0"]
+                                            "0", "0", DASH, DASH]  # an older row: no cost
         parts = await page.evaluate(SHOWN_JS)
         assert parts["calls"] and not parts["turn"] and not parts["breakdown"]
 
@@ -791,7 +799,9 @@ def calls_rows(data: dict[str, Any]) -> list[list[str]]:
              str(r["calls"]), str(r["failed"]),
              shown("pct", r["failed"] / r["calls"] if r["calls"] else None),
              shown("seconds", r["avg_ttft_seconds"]), shown("seconds", r["avg_latency_seconds"]),
-             str(r["input_tokens"]), str(r["output_tokens"])] for r in data["calls"]]
+             str(r["input_tokens"]), str(r["output_tokens"]),
+             shown("usd", r.get("cost_usd")),
+             DASH if r.get("unpriced") is None else str(r["unpriced"])] for r in data["calls"]]
 
 
 def phase_rows(data: dict[str, Any]) -> list[list[str]]:
@@ -1012,3 +1022,25 @@ async def test_charts_wait_for_the_first_interval(browser: DevTools) -> None:
         assert shown_parts["calls"] and not shown_parts["turn"]
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.needs_chromium
+async def test_spend_in_chromium_matches_api_summary(
+        served: tuple[Runtime, Sidecar], browser: DevTools) -> None:
+    runtime, sidecar = served
+    for input_tokens in (1200, 800, 4000):  # priced by genai-prices' snapshot
+        with observe(model="gpt-4o-mini", provider="openai",
+                     telemetry=runtime.telemetry) as obs:
+            obs.tokens(3)
+            obs.set_usage(input_tokens=input_tokens, output_tokens=150)
+    page = await browser.open(f"{sidecar.url}/")
+    view = await page.wait_for(total_is(3), "the 3 priced answers")
+    data = await fetch_summary(sidecar.url)
+    assert data["spend_usd"] > 0 and data["unpriced_calls"] == 0
+    fields = {k: v["text"] for k, v in view["fields"].items()}
+    assert fields["spend_usd"] == shown("usd", data["spend_usd"])
+    assert fields["avg_cost_usd"] == shown("usd", data["avg_cost_usd"])
+    assert fields["unpriced_calls"] == "0"
+    tables = await page.evaluate(TABLES_JS)
+    assert tables["calls-table"] == calls_rows(data)
+    assert tables["calls-table"][0][9] == shown("usd", data["spend_usd"])
