@@ -17,6 +17,7 @@ graceful stop pushes the rest.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
@@ -132,10 +133,17 @@ class BufferedExporter(MetricExporter):
         self._inner.shutdown(timeout_millis=timeout_millis)
 
 
+#: The host sidecar's ingest token, for the workers that push to it (never a flag: a
+#: command line is visible to every user of the host).
+TOKEN_ENV = "RAGOBS_SIDECAR_TOKEN"
+
+
 def push_reader(url: str, *, interval: float = DEFAULT_PUSH_INTERVAL,
                 max_pending: int = DEFAULT_MAX_PENDING,
-                dropped: DropCounter | None = None) -> PeriodicExportingMetricReader:
-    """A reader pushing this process's metrics to the host sidecar at ``url``."""
+                dropped: DropCounter | None = None,
+                token: str | None = None) -> PeriodicExportingMetricReader:
+    """A reader pushing this process's metrics to the host sidecar at ``url``;
+    ``token`` (default ``RAGOBS_SIDECAR_TOKEN``): the sidecar's ingest token."""
     try:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     except ImportError:  # pragma: no cover - the [otlp] extra
@@ -148,6 +156,9 @@ def push_reader(url: str, *, interval: float = DEFAULT_PUSH_INTERVAL,
     endpoint = url.rstrip("/") + "/v1/metrics"
     # A short timeout: a host sidecar that hangs must not hold the export
     # thread for long (the batch waits in the queue instead).
-    inner = OTLPMetricExporter(endpoint=endpoint, timeout=2, preferred_temporality=_DELTA)
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    inner = OTLPMetricExporter(endpoint=endpoint, timeout=2, preferred_temporality=_DELTA,
+                               headers=headers)
     exporter = BufferedExporter(inner, max_pending=max_pending, dropped=dropped)
     return PeriodicExportingMetricReader(exporter, export_interval_millis=interval * 1000)

@@ -136,7 +136,7 @@ DROP_REASONS: Final = tuple(r.value for r in DropReason)
 #: Why the receiver refused a whole request (``ragobs_host_rejected_requests_total``).
 REQUEST_REJECT_REASONS: Final = (
     "too_large", "unsupported_media_type", "unsupported_encoding", "malformed", "timeout",
-    "busy", "signal_not_supported",
+    "busy", "signal_not_supported", "forbidden", "unauthorized",
 )
 
 

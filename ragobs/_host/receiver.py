@@ -30,14 +30,20 @@ Traces and logs are not this sidecar's job: ``POST /v1/traces`` and
 instead of losing its data silently. Point traces at a collector, or set
 only ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` to this sidecar.
 
-Bind it to loopback (the workers are on the same host): it has no
-authentication.
+Who may push: by default only this host (a loopback peer); a push from
+anywhere else is refused 403 (``forbidden``), even when the sidecar listens on
+``0.0.0.0`` so that Prometheus can scrape it from elsewhere. Ingest from the
+network is opened explicitly (``allow_remote=True``) and then needs a token:
+every push, from any peer, must carry ``Authorization: Bearer <token>``
+(compared in constant time); a token set alone also guards loopback pushes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import importlib
+import ipaddress
 import logging
 import math
 import zlib
@@ -141,17 +147,46 @@ def inflate_gzip(data: bytes, limit: int) -> bytes:
 class OtlpReceiver:
     """The handlers of an OTLP/HTTP metrics endpoint (see :func:`add_otlp_routes`)."""
 
-    def __init__(self, host: HostMetrics, limits: ReceiverLimits | None = None) -> None:
+    def __init__(self, host: HostMetrics, limits: ReceiverLimits | None = None, *,
+                 token: str | None = None, allow_remote: bool = False) -> None:
         if not isinstance(host, HostMetrics):
             raise TypeError(f"host must be a HostMetrics, got {host!r}")
         if limits is not None and not isinstance(limits, ReceiverLimits):
             raise TypeError(f"limits must be a ReceiverLimits or None, got {limits!r}")
+        if token is not None and (not isinstance(token, str) or len(token) < 16
+                                  or not token.isprintable() or " " in token):
+            raise ValueError("token must be a str of at least 16 printable characters "
+                             "without spaces, or None")
+        if not isinstance(allow_remote, bool):
+            raise TypeError(f"allow_remote must be a bool, got {allow_remote!r}")
+        if allow_remote and token is None:
+            raise ValueError("allow_remote=True needs a token: ingest open to the network "
+                             "without one would let anyone write into the host's figures")
         self.host = host
         self.limits = limits if limits is not None else ReceiverLimits()
+        self._expected = None if token is None else f"Bearer {token}".encode()
+        self._allow_remote = allow_remote
         self._active = 0
+
+    def _check_peer(self, request: web.Request) -> None:
+        """Refuses a push from a peer that may not write into the host's figures."""
+        if not self._allow_remote and not _is_loopback(request.remote):
+            raise _Refused(403, "forbidden", "this host sidecar takes pushes from this host "
+                           "only (open it with --ingest-from-network and a token)")
+        if self._expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, self._expected):
+                raise _Refused(401, "unauthorized", "a push needs the sidecar's token "
+                               "(Authorization: Bearer <token>)")
 
     async def metrics(self, request: web.Request) -> web.Response:
         """``POST /v1/metrics``."""
+        try:
+            self._check_peer(request)
+        except _Refused as refused:
+            response = self._refuse(request, refused)
+            response.force_close()  # do not read an unwanted body
+            return response
         if self._active >= self.limits.max_concurrent:
             return self._refuse(request, _Refused(503, "busy", "too many concurrent exports"),
                                 retry_after=True)
@@ -267,8 +302,18 @@ class OtlpReceiver:
         return response
 
 
+def _is_loopback(remote: str | None) -> bool:
+    if remote is None:  # a Unix socket: this host
+        return True
+    try:
+        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def add_otlp_routes(app: web.Application, host: HostMetrics, *,
-                    limits: ReceiverLimits | None = None) -> OtlpReceiver:
+                    limits: ReceiverLimits | None = None, token: str | None = None,
+                    allow_remote: bool = False) -> OtlpReceiver:
     """Add ``POST /v1/metrics`` (and the 404 of ``/v1/traces``, ``/v1/logs``) to ``app``.
 
     ``host`` is also stored as ``app[HOST_METRICS_KEY]``. Serve the app on
@@ -276,7 +321,7 @@ def add_otlp_routes(app: web.Application, host: HostMetrics, *,
     ``lingering_time`` (``web.AppRunner(app, lingering_time=1)``): aiohttp
     otherwise reads and discards an unwanted body for up to 10 s.
     """
-    receiver = OtlpReceiver(host, limits)
+    receiver = OtlpReceiver(host, limits, token=token, allow_remote=allow_remote)
     app[HOST_METRICS_KEY] = host
     app.router.add_post(METRICS_PATH, receiver.metrics)
     app.router.add_post("/v1/traces", receiver.unsupported_signal)
