@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo", help="run a simulated streaming RAG agent, measured live",
-        description="Run a simulated streaming RAG agent through the recommended resilience "
-                    "stack (rate limit, retry, timeouts, fallback), measured live: the "
+        description="Run a simulated streaming RAG agent (each answer a turn of a routing "
+                    "call, a retrieval, a tool on some questions and the streamed answer "
+                    "call) through the recommended resilience stack (rate limit, retry, "
+                    "timeouts, fallback), measured live: the "
                     "dashboard every --summary-every requests, /metrics and the live panel "
                     "while it runs.")
     _add_server_args(
@@ -86,26 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
         log_help="what ragobs logs: 'warning' (or lower) adds a line for each rate-limit "
                  "wait, retry, timeout and fallback, which the dashboard counts anyway")
     demo.add_argument("--provider", choices=PROVIDERS, default="simulated",
-                      help="where answers come from: 'simulated' streams str tokens "
-                           "in-process (default); 'openai' runs the same simulated provider "
-                           "behind a local OpenAI-compatible endpoint and streams it over HTTP "
-                           "through the real openai client (AsyncOpenAI chunks, provider "
-                           "usage; gen_ai.provider.name 'openai', model 'gpt-4o-mini'). "
-                           "Needs: pip install 'ragobs[openai]'")
+                      help="where the agent's LLM calls go: 'simulated' streams str tokens "
+                           "in-process (default; models 'sim-router-1' and 'sim-rag-1'); "
+                           "'openai' runs the same simulated provider behind a local "
+                           "OpenAI-compatible endpoint and streams it over HTTP through the "
+                           "real openai client (AsyncOpenAI chunks, provider usage; "
+                           "gen_ai.provider.name 'openai', models 'gpt-4o-mini' to route and "
+                           "'gpt-4o' to answer). Needs: pip install 'ragobs[openai]'")
     demo.add_argument("--requests", type=int, default=200,
                       help="requests to send; 0 = until stopped (default 200)")
     demo.add_argument("--duration", type=_positive_float, default=None,
                       help="stop after this many seconds")
     demo.add_argument("--concurrency", type=int, default=8, help="concurrent requests (8)")
-    demo.add_argument("--failure-rate", type=_rate, default=0.05, help="0..1 (0.05)")
+    demo.add_argument("--failure-rate", type=_rate, default=0.05,
+                      help="share of failing LLM requests, 0..1 (0.05)")
     demo.add_argument("--slow-rate", type=_rate, default=0.10,
                       help="share of slow retrievals, 0..1 (0.10)")
     demo.add_argument("--time-scale", type=_positive_float, default=1.0,
                       help="multiply every simulated delay (0.1 = 10x faster; default 1)")
     demo.add_argument("--summary-every", type=int, default=20,
                       help="print the dashboard every N requests (20; 0 = only at the end)")
-    demo.add_argument("--rate-limit", type=_positive_int, default=24,
-                      help="provider rate limit: requests per --rate-window (24)")
+    demo.add_argument("--rate-limit", type=_positive_int, default=36,
+                      help="provider rate limit: LLM requests per --rate-window (36)")
     demo.add_argument("--rate-window", type=_positive_float, default=5.0,
                       help="rate-limit window in seconds, scaled by --time-scale (5)")
     demo.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")

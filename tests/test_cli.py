@@ -90,25 +90,37 @@ def test_demo_serves_metrics_while_running_and_stops_cleanly_on_ctrl_c() -> None
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        body = ""
+        def seen(body: str) -> set[str]:
+            """What /metrics shows so far: an answered turn of the agent, ok calls per model."""
+            # Parsed, not matched as text: the exporter orders labels as it likes
+            # (an error series adds error_type="" to every series of the family).
+            found = set()
+            for family in text_string_to_metric_families(body):
+                for s in family.samples:
+                    if s.labels.get("ragobs_outcome") != "ok" or s.value < 1:
+                        continue
+                    if (s.name == "ragobs_requests_total"
+                            and s.labels["gen_ai_operation_name"] == "invoke_agent"
+                            and s.labels["gen_ai_agent_name"] == "rag-demo"
+                            and s.labels["gen_ai_request_model"] == "sim-rag-1"):
+                        found.add("turn")
+                    if (s.name == "gen_ai_client_operation_duration_seconds_count"
+                            and s.labels["gen_ai_operation_name"] == "chat"):
+                        found.add(s.labels["gen_ai_request_model"])
+            return found
+
+        # A request is the agent's turn; its LLM calls are counted per model.
+        wanted = {"turn", "sim-router-1", "sim-rag-1"}
+        found: set[str] = set()
         deadline = time.monotonic() + 30
-        ok_series = 'ragobs_outcome="ok"'
-        while time.monotonic() < deadline and ok_series not in body:
+        while time.monotonic() < deadline and not wanted <= found:
             time.sleep(0.2)
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                    body = r.read().decode()
+                    found = seen(r.read().decode())
             except OSError:
                 continue
-        assert ok_series in body
-        # Parsed, not matched as text: the exporter orders labels as it likes
-        # (an error series adds error_type="" to every series of the family).
-        requests = [sample for family in text_string_to_metric_families(body)
-                    if family.name == "ragobs_requests" for sample in family.samples
-                    if sample.name == "ragobs_requests_total"]
-        assert any(s.labels["gen_ai_operation_name"] == "chat"
-                   and s.labels["gen_ai_request_model"] == "sim-rag-1"
-                   and s.labels["ragobs_outcome"] == "ok" and s.value >= 1 for s in requests)
+        assert wanted <= found, found
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:

@@ -15,13 +15,13 @@ from genai_prices import extract_usage
 
 import ragobs
 from ragobs import semconv
+from ragobs._host.report import host_summary
 from ragobs._report import Reporter, as_json
 from ragobs._telemetry import Telemetry
-from ragobs._host.report import host_summary
 from tests.conftest import OTelHarness
-from tests.test_host_merge import Host, Producer, host  # noqa: F401 (fixture)
 from tests.provider_server import ProviderServer, Reply
 from tests.test_clients import anthropic_args, anthropic_client, chat_args, openai_client
+from tests.test_host_merge import Host, Producer, host  # noqa: F401 (fixture)
 
 COST = semconv.OPERATION_COST.name
 SPEND = semconv.SPEND.name
@@ -173,7 +173,7 @@ def test_prices_refuse_what_they_cannot_use() -> None:
         Telemetry(prices=[1])  # type: ignore[arg-type]
 
 
-async def test_the_host_sidecar_adds_up_what_its_workers_spent(host: Host) -> None:
+async def test_the_host_sidecar_adds_up_what_its_workers_spent(host: Host) -> None:  # noqa: F811
     """Three workers push by OTLP; the host's spend, calls table and cost per
     answer equal the workers' own, put together."""
     producers = [Producer(host.url, instance=f"w{i}") for i in range(3)]

@@ -5,7 +5,8 @@ end-to-end test serves an instrumented demo agent on loopback, lets a real
 ``prometheus`` scrape it every second, then evaluates every PromQL expression
 of the dashboard (panels and template variables) through the HTTP API, the way
 Grafana would after substituting its variables, and compares the summary row
-with the app's own ``/api/summary``.
+(turns) and the LLM-calls row (the demo's routing and answer calls, more than
+the turns) with the app's own ``/api/summary``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ragobs import semconv
 from ragobs._runtime import Runtime, setup
 from ragobs.demo.agent import DemoConfig
 from ragobs.demo.runner import RunOptions, run_demo
-from ragobs.demo.stack import MODEL, OPERATION, Protection
+from ragobs.demo.stack import CALL_OPERATION, MODEL, OPERATION, ROUTER_MODEL, Protection
 from ragobs.errors import RateLimitTimeout
 from ragobs.resilience import RateLimiter, RedisRateLimiter
 from tests.promserver import PrometheusServer, finite
@@ -404,7 +405,7 @@ async def send_wave(runtime: Runtime, seed: int) -> None:
     """
     await run_demo(
         runtime,
-        DemoConfig(failure_rate=0.3, slow_rate=0.3, time_scale=0.02),
+        DemoConfig(failure_rate=0.3, slow_rate=0.3, slow_call_rate=0.3, time_scale=0.02),
         RunOptions(requests=WAVE, concurrency=8, summary_every=0),
         protection=Protection(rate_limit=6, rate_window=2.0, first_token_timeout=1.0),
         seed=seed,
@@ -503,6 +504,7 @@ async def test_every_dashboard_query_answers_from_a_real_prometheus(tmp_path: Pa
         assert final["failed"] > first["failed"] > 0
         at = await wait_scraped(prom, 2 * WAVE)
         await check_dashboard(prom, at, at - started + 30.0, final)
+        await check_calls_row(prom, at, at - started + 30.0, final)
         await check_second_wave(prom, at, at - between, first, final)
     finally:
         await asyncio.to_thread(prom.stop)
@@ -511,7 +513,12 @@ async def test_every_dashboard_query_answers_from_a_real_prometheus(tmp_path: Pa
 
 
 ALL = {"service": ".*", "model": ".*", "operation": ".*"}
-REAL = {"service": SERVICE, "model": f"({MODEL}|gpt-4o)", "operation": OPERATION}
+#: Every real value selected, as Grafana sends a multi-value selection: the
+#: turns' (invoke_agent, their answer model) and the calls' (chat, both models).
+REAL = {"service": SERVICE, "model": f"({MODEL}|{ROUTER_MODEL})",
+        "operation": f"({OPERATION}|{CALL_OPERATION})"}
+#: One value each: the turns.
+TURNS = {"service": SERVICE, "model": MODEL, "operation": OPERATION}
 
 
 def grafana_values(range_s: float, filters: dict[str, str]) -> dict[str, str]:
@@ -561,8 +568,11 @@ async def check_dashboard(prom: PrometheusServer, at: float, range_s: float,
                 raise AssertionError(f"variable {name}: unsupported query {query!r}")
         return out
 
+    # The filters offer the turns' values and the calls' (an LLM-calls panel
+    # filtered by the turns' operation alone would be empty).
     assert await asyncio.to_thread(run_variables) == {
-        "service": [SERVICE], "model": [MODEL], "operation": [OPERATION]}
+        "service": [SERVICE], "model": sorted([MODEL, ROUTER_MODEL]),
+        "operation": sorted([OPERATION, CALL_OPERATION])}
 
     # The summary row says what /api/summary says, for All and for the real values.
     def figures(filters: dict[str, str]) -> dict[tuple[str, str], float]:
@@ -575,7 +585,7 @@ async def check_dashboard(prom: PrometheusServer, at: float, range_s: float,
                 out[title, t["refId"]] = float(rows[0]["value"][1])
         return out
 
-    for filters in (ALL, REAL):
+    for filters in (ALL, REAL, TURNS):
         got = await asyncio.to_thread(figures, filters)
         for (title, ref), value in got.items():
             key, scale = SUMMARY_FIGURES[title][ref]
@@ -585,6 +595,48 @@ async def check_dashboard(prom: PrometheusServer, at: float, range_s: float,
             else:
                 assert math.isclose(value, want, rel_tol=1e-9), \
                     f"{title}/{ref}: dashboard {value}, /api/summary {want}"
+
+
+async def check_calls_row(prom: PrometheusServer, at: float, range_s: float,
+                          final: dict[str, Any]) -> None:
+    """The LLM-calls row counts what the ``/api/summary`` calls table counts:
+    its panels' series, each taken whole over a range that starts before the
+    app did, give the calls, failed calls and tokens of each provider and
+    model exactly; and the calls outnumber the turns."""
+    dashboard = load_dashboard()
+    table = {(row["provider"], row["model"]): row for row in final["calls"]}
+    assert set(table) == {("simulated", ROUTER_MODEL), ("simulated", MODEL)}
+    calls = sum(row["calls"] for row in table.values())
+    # Each turn routes and answers, once or more (retries).
+    assert calls >= 2 * final["total_requests"]
+    for row in table.values():
+        assert row["calls"] >= final["total_requests"], row
+
+    def totals(title: str, by: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        """``title``'s series, each one's whole value summed ``by`` these labels."""
+        (target,) = panel(dashboard, title)["targets"]
+        selectors = {m.group(0) for m in SELECTOR.finditer(target["expr"])}
+        assert len(selectors) == 1, selectors
+        selector = substitute(selectors.pop(), grafana_values(range_s, ALL))
+        expr = (f"sum by ({', '.join(by)}) "
+                f"(last_over_time({selector}[{duration(range_s)}]))")
+        return {tuple(row["metric"].get(label, "") for label in by): float(row["value"][1])
+                for row in prom.query(expr, at)}
+
+    by_model = ("gen_ai_provider_name", "gen_ai_request_model")
+    got = await asyncio.to_thread(lambda: {
+        "calls": totals("LLM calls/s by model and outcome", by_model),
+        "failed": totals("Failed LLM calls/s by model and error.type", by_model),
+        "tokens": totals("Tokens/s in and out by model",
+                         ("gen_ai_request_model", "gen_ai_token_type")),
+    })
+    assert got["calls"] == {key: row["calls"] for key, row in table.items()}
+    assert sum(got["calls"].values()) == calls > final["total_requests"]
+    assert got["failed"] == {key: row["failed"] for key, row in table.items() if row["failed"]}
+    assert sum(got["failed"].values()) > final["failed"]  # retried calls recovered turns
+    for (_, model), row in table.items():
+        assert got["tokens"][model, "output"] == row["output_tokens"] > 0
+        assert got["tokens"].get((model, "input"), 0) == row["input_tokens"]
 
 
 async def check_second_wave(prom: PrometheusServer, at: float, range_s: float,

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 from ragobs import semconv
 from ragobs._runtime import setup
 from ragobs.cli import main
-from ragobs.demo.agent import OPENAI_MODEL, DemoConfig
-from ragobs.demo.openai_wire import RESPONSE_MODEL, OpenAIWireServer, count_tokens
+from ragobs.demo.agent import OPENAI_MODEL, OPENAI_ROUTER_MODEL, DemoConfig
+from ragobs.demo.openai_wire import RESPONSE_MODELS, OpenAIWireServer, count_tokens
 from ragobs.demo.runner import RunOptions, run_demo
 from ragobs.demo.stack import Protection
 from ragobs.resilience._report import resilience_counts
@@ -59,47 +59,57 @@ async def test_every_request_and_token_is_counted_through_the_real_client() -> N
     summary = tel.summary.snapshot()
     counts = resilience_counts(tel)
 
-    # Every request sent was counted once, whatever its outcome.
+    # Every turn sent was counted once, whatever its outcome.
     assert summary.total_requests == requests
     assert tel.counter(semconv.REQUESTS).total() == requests
     assert summary.successful + summary.failed == requests and summary.in_flight == 0
-    chats = [s for s in exporter.get_finished_spans() if s.name == f"chat {OPENAI_MODEL}"]
-    assert len(chats) == requests
+    spans = exporter.get_finished_spans()
+    assert sum(1 for s in spans if s.name == "invoke_agent rag-demo") == requests
+    # Every LLM call (each attempt: a routing call and an answer call a turn, and
+    # the retries) is one chat span, a request the server received (unless a
+    # turn's deadline cancelled it on its way).
+    chats = [s for s in spans if s.name.startswith("chat ")]
+    assert len(chats) == counts["ratelimit_acquisitions"] > 2 * requests
+    assert len(wire.sent) <= len(chats)
     for span in chats:
         attrs = span.attributes or {}
         assert attrs[semconv.PROVIDER_NAME] == "openai"
-        assert attrs[semconv.REQUEST_MODEL] == OPENAI_MODEL
+        assert attrs[semconv.REQUEST_MODEL] in (OPENAI_ROUTER_MODEL, OPENAI_MODEL)
+        assert span.name == "chat " + str(attrs[semconv.REQUEST_MODEL])
 
-    # Each successful answer is one stream the server sent to the end, and its
+    # Each successful call is one stream the server sent to the end, and its
     # tokens are that stream's usage chunk, not its count of content chunks.
     sent = {s.response_id: s for s in wire.sent}
     ok = [s.attributes or {} for s in chats if (s.attributes or {})[semconv.OUTCOME] == "ok"]
-    assert len(ok) == summary.successful > 0
     streams = [sent[str(attrs[semconv.RESPONSE_ID])] for attrs in ok]
-    assert len({s.response_id for s in streams}) == len(ok)
+    assert len({s.response_id for s in streams}) == len(ok) > summary.successful
     for attrs, stream in zip(ok, streams, strict=True):
         assert stream.failure is None and stream.done
+        assert stream.model == attrs[semconv.REQUEST_MODEL]
         assert attrs[semconv.USAGE_OUTPUT_TOKENS] == stream.completion_tokens
         assert attrs[semconv.USAGE_INPUT_TOKENS] == stream.prompt_tokens
         assert attrs[semconv.USAGE_SOURCE] == "provider"
-        assert attrs[semconv.RESPONSE_MODEL] == RESPONSE_MODEL
+        assert attrs[semconv.RESPONSE_MODEL] == RESPONSE_MODELS[stream.model]
         assert attrs[semconv.RESPONSE_FINISH_REASONS] == ("stop",)
         ttft = attrs[semconv.RESPONSE_TIME_TO_FIRST_CHUNK]
         assert isinstance(ttft, float) and ttft > 0
     reported = sum(s.completion_tokens or 0 for s in streams)
     assert reported != sum(s.content_chunks for s in streams)
     assert ok_output_tokens == reported
+    # A turn's tokens are its calls' usage, summed.
+    turns = [s.attributes or {} for s in spans if s.name == "invoke_agent rag-demo"
+             and (s.attributes or {})[semconv.OUTCOME] == "ok"]
+    turn_tokens = [attrs[semconv.USAGE_OUTPUT_TOKENS] for attrs in turns]
+    assert all(isinstance(n, int) for n in turn_tokens)
     assert summary.avg_tokens is not None
-    assert round(summary.avg_tokens * summary.successful) == reported
+    assert round(summary.avg_tokens * summary.successful) == sum(
+        n for n in turn_tokens if isinstance(n, int))
     assert summary.avg_ttft_seconds is not None and summary.avg_ttft_seconds > 0
 
     # The server failed in every way it simulates; the stack retried and fell back.
     assert {s.failure for s in wire.sent} >= {"rate_limited", "unavailable", "reset", "cut"}
     assert counts["retries"] > 0
     assert counts["fallbacks"] == summary.failed > 0
-    assert counts["ratelimit_acquisitions"] == requests + counts["retries"]
-    # An attempt reaches the server unless it timed out before its request.
-    assert len(wire.sent) <= counts["ratelimit_acquisitions"]
     assert f"openai {openai.__version__}" in out.getvalue()
 
 
@@ -117,6 +127,10 @@ def test_cli_demo_with_the_openai_provider() -> None:
     assert "answers stream through openai" in done.stdout
     assert "STREAMING METRICS DASHBOARD" in done.stdout
     assert re.findall(r"^Total Requests: (\d+)$", done.stdout, re.MULTILINE)[-1] == "10"
+    # The turns' calls, per model: every turn routed with one model and answered with another.
+    for model in (OPENAI_ROUTER_MODEL, OPENAI_MODEL):
+        calls = re.findall(rf"^  openai {model}: (\d+), ", done.stdout, re.MULTILINE)
+        assert calls and int(calls[-1]) >= 10, done.stdout
     assert "Traceback" not in done.stderr
 
 

@@ -47,7 +47,7 @@ def test_the_proposed_names_reach_metrics_and_pass_promtool() -> None:
     done = run("proposed")
     assert done.returncode == 0, done.stderr
     body = done.stdout
-    for current, proposed in semconv.PENDING_RENAMES.items():
+    for current in semconv.PENDING_RENAMES:
         assert current.replace(".", "_") not in body
     assert "gen_ai_client_inference_duration_seconds_count" in body
     assert "gen_ai_client_inference_time_to_first_chunk_seconds_bucket" in body

@@ -160,5 +160,12 @@ async def test_the_cli_stops_on_sigterm_as_on_ctrl_c(receiver: Receiver,
         totals = re.findall(r"Total Requests: (\d+)", out.decode())
         assert totals, out.decode()
         await asyncio.sleep(0.1)
-        # The final dashboard's total is every request, and each one's span left.
-        assert receiver.spans.count("chat sim-rag-1") == int(totals[-1]) > 0
+        # The final dashboard's total is every request (turn), and each one's span
+        # left; so did the span of each LLM call its calls table counts.
+        assert receiver.spans.count("invoke_agent rag-demo") == int(totals[-1]) > 0
+        final = out.decode().rsplit("STREAMING METRICS DASHBOARD", 1)[-1]
+        calls = {model: int(n) for model, n in
+                 re.findall(r"^  simulated (\S+): (\d+), ", final, re.MULTILINE)}
+        assert set(calls) == {"sim-router-1", "sim-rag-1"}, final
+        for model, n in calls.items():
+            assert receiver.spans.count(f"chat {model}") == n

@@ -1,4 +1,5 @@
-"""Several worker processes, one host: exact totals with real gunicorn and uvicorn.
+"""Several worker processes, one host: exact totals with real gunicorn and uvicorn,
+and with worker processes running the demo's multi-call agent.
 
 Each test starts, as real processes, the host sidecar (``ragobs sidecar``),
 a server with three workers serving ``tests/deploy/app.py`` (which calls
@@ -14,6 +15,7 @@ whole server delivers what was served since the last push, as the exit flush.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +184,64 @@ def test_three_workers_report_exact_totals(kind: str, sidecar: Sidecar, tmp_path
     finally:
         server.stop(signal.SIGKILL)
         prom.stop()
+
+
+def _run_workers(sidecar: Sidecar, seeds: list[int], turns: int) -> list[dict[str, Any]]:
+    """Worker processes running the demo's agent at once; each one's own /api/summary."""
+    env = dict(os.environ, RAGOBS_SIDECAR_URL=sidecar.url, PYTHONPATH=str(ROOT),
+               TEST_PUSH_INTERVAL="0.2")
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.deploy.demo_worker", str(seed),
+                               str(turns)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, cwd=ROOT) for seed in seeds]
+    found = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        found.append(json.loads(out.strip().splitlines()[-1]))
+    return found
+
+
+def test_workers_running_multi_call_turns_add_up_on_the_host(sidecar: Sidecar) -> None:
+    """Three processes answer with the demo's agent (several LLM calls a turn,
+    failures retried, turns failed and served the fallback) and push to the
+    host sidecar: its /api/summary has exactly their turns, and a calls table
+    that is exactly the sum of theirs, row by row."""
+    turns = 25
+    workers = _run_workers(sidecar, [1, 2, 3], turns)
+    sent = turns * len(workers)
+    _wait(lambda: sidecar.total() == sent, what=f"the host total reaches {sent}", limit=15)
+    host: dict[str, Any] = dict(sidecar.summary())
+
+    # Turns: the counts add up; the means are the workers' means weighted by their
+    # successful turns (a histogram's sum and count are exact).
+    for key in ("total_requests", "successful", "failed", "cancelled", "timeouts"):
+        assert host[key] == sum(w[key] for w in workers), key
+    assert host["in_flight"] == 0
+    assert host["failed"] > 0 and host["successful"] > 0
+    ok = host["successful"]
+    for key in ("avg_ttft_seconds", "avg_latency_seconds", "avg_tokens",
+                "avg_tokens_per_second", "avg_inference_calls", "avg_tool_calls"):
+        mean = sum(w[key] * w["successful"] for w in workers) / ok
+        assert math.isclose(host[key], mean, rel_tol=1e-9), key
+    assert host["avg_inference_calls"] > 2  # routing and answer calls, and retried ones
+    for phase in host["ttft_breakdown"]:
+        mean = sum(w["ttft_breakdown"].get(phase, 0.0) * w["successful"] for w in workers) / ok
+        assert math.isclose(host["ttft_breakdown"][phase], mean, rel_tol=1e-9), phase
+
+    # Calls: the host's table is the workers' tables added up, row by row.
+    def rows(summary: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(r["provider"], r["model"]): r for r in summary["calls"]}
+
+    table = rows(host)
+    assert set(table) == {("simulated", "sim-router-1"), ("simulated", "sim-rag-1")}
+    for model, row in table.items():
+        for field in ("calls", "failed", "input_tokens", "output_tokens"):
+            assert row[field] == sum(rows(w)[model][field] for w in workers), (model, field)
+    calls = sum(row["calls"] for row in table.values())
+    assert calls > 2 * sent and sum(row["failed"] for row in table.values()) > host["failed"]
+    # What the stack did: every call took a rate-limit slot; retries and fallbacks add up.
+    resilience = host["resilience"]
+    for name in resilience:
+        assert resilience[name] == sum(w["resilience"][name] for w in workers), name
+    assert resilience["ratelimit_acquisitions"] == calls
+    assert resilience["fallbacks"] == host["failed"]

@@ -1,36 +1,80 @@
-"""The demo's streaming RAG agents, with realistic, configurable latency.
+"""The demo's streaming RAG agents: one turn, several LLM calls.
 
-Both route the question, retrieve from "Python docs" or "JavaScript docs",
-then stream an answer. Some queries are slow, some fail (before the first
-token, mid-stream, or with a provider 429 / 503).
+Each answer (a *turn*) is what a small production agent does:
 
-* :class:`SimulatedRAGAgent` generates in-process and streams ``str`` tokens;
-* :class:`OpenAIRAGAgent` streams from the real ``openai`` client (an optional
-  dependency, imported when the agent is made) talking to an OpenAI-compatible
-  endpoint, and yields the SDK's ``ChatCompletionChunk`` objects.
+1. a **routing call**: a short streamed request to a cheap model, which names
+   the source to search (``python_docs`` or ``javascript_docs``); if the
+   router fails, the agent routes by keyword instead and goes on;
+2. a **retrieval** from that source (``ragobs.retrieval``, with ``top_k`` and
+   the documents found), slow now and then;
+3. on "how do I" questions, a **tool** call (a code-example search);
+4. the **answer**: a streamed request to the answer model, passed on as it
+   streams.
+
+The agent makes each LLM call through the ``call`` it is given (see
+:class:`Call`): the demo's stack (:mod:`ragobs.demo.stack`) observes each one
+as an inference call of the turn, behind its rate limiter, retry and
+per-attempt first-token deadline, so a request that fails before its first
+token is retried and the turn still succeeds.
+
+* :class:`SimulatedRAGAgent` calls the in-process
+  :class:`~ragobs.demo.provider.SimulatedProvider` (``str`` tokens);
+* :class:`OpenAIRAGAgent` calls the real ``openai.AsyncOpenAI`` client (an
+  optional dependency, imported when the agent is made) against an
+  OpenAI-compatible endpoint, and yields the SDK's ``ChatCompletionChunk`` objects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ragobs._stages import stage
+from ragobs._stages import retrieval, stage, tool
 from ragobs._telemetry import Telemetry
+from ragobs.demo.provider import (
+    OPENAI_MODEL,
+    OPENAI_ROUTER_MODEL,
+    SIMULATED_MODEL,
+    SIMULATED_ROUTER_MODEL,
+    SOURCES,
+    WORDS,
+    AgentFailure,
+    DemoConfig,
+    SimulatedProvider,
+    route_of,
+)
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, AsyncStream
     from openai.types.chat import ChatCompletionChunk
 
-#: The model :class:`OpenAIRAGAgent` asks for.
-OPENAI_MODEL: Final = "gpt-4o-mini"
+__all__ = [
+    "OPENAI_MODEL",
+    "OPENAI_ROUTER_MODEL",
+    "QUESTIONS",
+    "WARMUP_HEADER",
+    "WORDS",
+    "AgentFailure",
+    "Call",
+    "DemoConfig",
+    "OpenAIRAGAgent",
+    "RAGAgent",
+    "SimulatedRAGAgent",
+    "chunk_text",
+    "import_openai",
+]
+
 #: Marks :meth:`OpenAIRAGAgent.warm_up`'s request, which the demo's server
 #: answers at once and leaves out of its record.
 WARMUP_HEADER: Final = "x-ragobs-warmup"
+#: Documents a retrieval asks for.
+TOP_K: Final = 4
+#: The tool "how do I" questions call.
+TOOL: Final = "code_examples"
 
 QUESTIONS = (
     "How do I read a file line by line in Python?",
@@ -43,54 +87,42 @@ QUESTIONS = (
     "What is event bubbling in the DOM?",
 )
 
-WORDS = tuple(
-    "the function returns a value that you can pass to another call so the code stays "
-    "simple readable and easy to test when the input changes the result updates without "
-    "side effects which makes the behaviour predictable in production systems".split()
-)
+
+def wants_example(question: str) -> bool:
+    """Does the agent call its code-example tool for ``question``?"""
+    return question.lower().startswith("how do i ")
 
 
-class AgentFailure(Exception):
-    """A simulated provider failure; ``status`` is an HTTP status when set."""
+def chunk_text(chunk: object) -> str:
+    """The answer text of one chunk: a str token (or the fallback message), or
+    the content of an OpenAI ``ChatCompletionChunk`` ("" for its role, finish
+    and usage chunks)."""
+    if isinstance(chunk, str):
+        return chunk
+    choices = getattr(chunk, "choices", None)
+    if not choices:
+        return ""
+    content = getattr(getattr(choices[0], "delta", None), "content", None)
+    return content if isinstance(content, str) else ""
 
-    def __init__(self, message: str, status: int | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
 
+class Call(Protocol):
+    """How an agent makes one LLM call: the chunks of ``request()`` (a
+    zero-argument factory that opens the provider's stream, called once per
+    attempt), observed as one inference call of ``model``. ``name`` ("route",
+    "generate") names the call's resilience reports."""
 
-@dataclass(frozen=True)
-class DemoConfig:
-    """Latency and failure profile of the simulated agent (seconds, 0..1 rates)."""
-
-    failure_rate: float = 0.05
-    slow_rate: float = 0.10
-    route_seconds: tuple[float, float] = (0.02, 0.08)
-    retrieve_seconds: tuple[float, float] = (0.05, 0.30)
-    slow_retrieve_seconds: tuple[float, float] = (1.0, 3.0)
-    token_gap_seconds: tuple[float, float] = (0.01, 0.05)
-    tokens: tuple[int, int] = (20, 60)
-    #: Multiplies every simulated delay (0.1 = ten times faster).
-    time_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.time_scale, (int, float)) or not self.time_scale > 0:
-            raise ValueError(f"time_scale must be a number > 0, got {self.time_scale!r}")
-        for arg in ("failure_rate", "slow_rate"):
-            value = getattr(self, arg)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{arg} must be a number in [0, 1], got {value!r}")
-        for arg in ("route_seconds", "retrieve_seconds", "slow_retrieve_seconds",
-                    "token_gap_seconds", "tokens"):
-            low, high = getattr(self, arg)
-            if not 0 <= low <= high:
-                raise ValueError(f"{arg} must be (low, high) with 0 <= low <= high, "
-                                 f"got {(low, high)!r}")
+    def __call__(self, name: str, model: str,
+                 request: Callable[[], Any]) -> AsyncGenerator[Any, None]: ...
 
 
 class RAGAgent:
-    """Routing and retrieval, with stages traced: what the demo's agents share."""
+    """The turn (route call, retrieval, tool, answer call) both agents share."""
+
+    #: ``gen_ai.provider.name`` of the calls, the routing model and the answer model.
+    provider: str
+    router_model: str
+    model: str
 
     def __init__(self, config: DemoConfig | None = None, *, seed: int | None = None,
                  telemetry: Telemetry | None = None) -> None:
@@ -98,57 +130,74 @@ class RAGAgent:
         self._rng = random.Random(seed)
         self._telemetry = telemetry
 
-    def _uniform(self, bounds: tuple[float, float]) -> float:
-        return self._rng.uniform(*bounds) * self.config.time_scale
+    def _request(self, model: str, question: str, documents: list[str] | None = None) -> Any:
+        """Open one provider stream (a zero-argument factory's body)."""
+        raise NotImplementedError
 
-    async def route(self, question: str) -> str:
-        async with stage("route", telemetry=self._telemetry):
-            await asyncio.sleep(self._uniform(self.config.route_seconds))
-            lowered = question.lower()
-            return "javascript_docs" if ("javascript" in lowered or "dom" in lowered) \
-                else "python_docs"
+    async def answer(self, question: str, call: Call) -> AsyncGenerator[object, None]:
+        """Stream the answer to ``question``, every LLM request made through ``call``."""
+        source = await self.route(question, call)
+        documents = await self.retrieve(source, question)
+        if wants_example(question):
+            documents.append(await self.find_example(question))
+        async with contextlib.aclosing(call(
+                "generate", self.model,
+                lambda: self._request(self.model, question, documents))) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def route(self, question: str, call: Call) -> str:
+        """The source to search, as the routing model says; by keyword if it
+        failed (the ``route`` stage records the failure, the turn goes on)."""
+        text = ""
+        try:
+            async with stage("route", telemetry=self._telemetry), contextlib.aclosing(call(
+                    "route", self.router_model,
+                    lambda: self._request(self.router_model, question))) as chunks:
+                async for chunk in chunks:
+                    text += chunk_text(chunk)
+        except Exception:  # the router is down: a keyword rule is good enough
+            return route_of(question)
+        return text if text in SOURCES else route_of(question)
 
     async def retrieve(self, source: str, question: str) -> list[str]:
-        async with stage("retrieve", source=source, telemetry=self._telemetry):
-            slow = self._rng.random() < self.config.slow_rate
-            bounds = self.config.slow_retrieve_seconds if slow else self.config.retrieve_seconds
-            await asyncio.sleep(self._uniform(bounds))
-            return [f"{source}#{self._rng.randrange(1000)}" for _ in range(3)]
+        cfg, rng = self.config, self._rng
+        async with retrieval(source, top_k=TOP_K, telemetry=self._telemetry) as found:
+            slow = rng.random() < cfg.slow_rate
+            await asyncio.sleep(cfg.seconds(rng, cfg.slow_retrieve_seconds if slow
+                                     else cfg.retrieve_seconds))
+            documents = [f"{source}#{rng.randrange(1000)}" for _ in range(rng.randint(2, TOP_K))]
+            found.documents(len(documents))
+        return documents
+
+    async def find_example(self, question: str) -> str:
+        cfg, rng = self.config, self._rng
+        async with tool(TOOL, telemetry=self._telemetry):
+            await asyncio.sleep(cfg.seconds(rng, cfg.tool_seconds))
+            return f"example#{rng.randrange(1000)}"
 
     async def aclose(self) -> None:
-        """Release what the agent holds (nothing, here)."""
+        """Release what the agent holds."""
 
 
 class SimulatedRAGAgent(RAGAgent):
-    """Streams answers like an LLM-backed RAG agent would, with stages traced."""
+    """The agent, its LLM calls streamed by the in-process simulated provider."""
 
     provider = "simulated"
-    model = "sim-rag-1"
+    router_model = SIMULATED_ROUTER_MODEL
+    model = SIMULATED_MODEL
 
-    async def answer(self, question: str) -> AsyncGenerator[str, None]:
-        """Stream the answer to ``question`` token by token."""
-        cfg = self.config
-        rng = self._rng
-        source = await self.route(question)
-        await self.retrieve(source, question)
-        fail = rng.random() < cfg.failure_rate
-        mode = rng.choice(("before_first_token", "mid_stream", "rate_limited", "unavailable"))
-        n_tokens = rng.randint(*cfg.tokens)
-        async with stage("generate", telemetry=self._telemetry):
-            if fail and mode == "rate_limited":
-                raise AgentFailure("provider rate limit", status=429,
-                                   retry_after=0.2 * cfg.time_scale)
-            if fail and mode == "unavailable":
-                raise AgentFailure("provider unavailable", status=503)
-            if fail and mode == "before_first_token":
-                await asyncio.sleep(self._uniform(cfg.token_gap_seconds))
-                raise ConnectionResetError("connection reset by provider")
-            fail_at = rng.randint(1, max(1, n_tokens - 1)) if fail else -1
-            for i in range(n_tokens):
-                await asyncio.sleep(self._uniform(cfg.token_gap_seconds))
-                if i == fail_at:
-                    raise AgentFailure("stream interrupted", status=500)
-                yield rng.choice(WORDS) + " "
+    def __init__(self, config: DemoConfig | None = None, *, seed: int | None = None,
+                 telemetry: Telemetry | None = None,
+                 llm: SimulatedProvider | None = None) -> None:
+        super().__init__(config, seed=seed, telemetry=telemetry)
+        #: The provider (``llm``, or one of the same config and seed): its
+        #: ``sent`` records every request it received.
+        self.llm = llm if llm is not None else SimulatedProvider(self.config, seed=seed)
+
+    def _request(self, model: str, question: str,
+                 documents: list[str] | None = None) -> AsyncGenerator[str, None]:
+        return self.llm.stream(model, question)
 
 
 def import_openai() -> ModuleType:
@@ -162,7 +211,7 @@ def import_openai() -> ModuleType:
 
 
 class OpenAIRAGAgent(RAGAgent):
-    """The same agent, its generate step a real ``openai.AsyncOpenAI`` stream.
+    """The agent, its LLM calls real ``openai.AsyncOpenAI`` streams.
 
     ``base_url`` is an OpenAI-compatible endpoint (the demo's
     :class:`~ragobs.demo.openai_wire.OpenAIWireServer`). The client makes no
@@ -171,6 +220,7 @@ class OpenAIRAGAgent(RAGAgent):
     """
 
     provider = "openai"
+    router_model = OPENAI_ROUTER_MODEL
     model = OPENAI_MODEL
 
     def __init__(self, base_url: str, config: DemoConfig | None = None, *,
@@ -184,38 +234,25 @@ class OpenAIRAGAgent(RAGAgent):
         """One unmeasured request before the traffic: the SDK's first call
         imports and builds what it needs (about 0.1 s, once per process),
         which is no part of the provider's latency."""
-        stream = await self._request("", extra_headers={WARMUP_HEADER: "1"})
+        stream = await self._request(self.model, "", extra_headers={WARMUP_HEADER: "1"})
         async with stream:
             async for _ in stream:
                 pass
 
-    async def _request(self, question: str, documents: list[str] | None = None,
+    async def _request(self, model: str, question: str, documents: list[str] | None = None,
                        extra_headers: dict[str, str] | None = None,
                        ) -> AsyncStream[ChatCompletionChunk]:
+        system = ("Answer from these documents: " + ", ".join(documents or ())
+                  if model != self.router_model else
+                  "Name the documentation to search: " + " or ".join(SOURCES) + ".")
         return await self.client.chat.completions.create(
-            model=self.model,
-            messages=[
-                {"role": "system",
-                 "content": "Answer from these documents: " + ", ".join(documents or ())},
-                {"role": "user", "content": question},
-            ],
+            model=model,
+            messages=[{"role": "system", "content": system},
+                      {"role": "user", "content": question}],
             stream=True,
             stream_options={"include_usage": True},
             extra_headers=extra_headers,
         )
-
-    async def answer(self, question: str) -> AsyncGenerator[ChatCompletionChunk, None]:
-        """Stream the answer to ``question`` as the SDK's chunks (role, content,
-        finish and usage chunks); closing this closes the HTTP response."""
-        source = await self.route(question)
-        documents = await self.retrieve(source, question)
-        async with stage("generate", telemetry=self._telemetry):
-            stream = await self._request(question, documents)
-            try:
-                async for chunk in stream:
-                    yield chunk
-            finally:
-                await stream.close()
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -2,20 +2,23 @@
 
 ``ragobs demo --provider openai`` starts an :class:`OpenAIWireServer` in the
 demo's event loop and points the real ``openai.AsyncOpenAI`` client at its
-:attr:`~OpenAIWireServer.url`, so every answer crosses HTTP in the OpenAI
+:attr:`~OpenAIWireServer.url`, so every LLM call crosses HTTP in the OpenAI
 streaming wire format: ``data: {json}`` server-sent events of
 ``chat.completion.chunk`` objects (a role-only first chunk, content chunks, a
 finish chunk, the usage chunk when the request asks for
 ``stream_options.include_usage``), then ``data: [DONE]``.
 
-Latency and failures follow the demo's :class:`~ragobs.demo.agent.DemoConfig`, as
-the simulated agent's generate step does: a token gap before each content chunk,
-and at ``failure_rate`` one of a 429 (with ``retry-after`` / ``retry-after-ms``
-and OpenAI's error body), a 503, a connection reset before the response, or a
-cut (a reset) mid-stream. Usage counts tokens as a tokenizer would (about four
-characters per token), not content chunks. Each request is recorded in
-:attr:`~OpenAIWireServer.sent`, except the client's warm-up (a request with the
-``x-ragobs-warmup`` header, answered at once with a stream of no content).
+What each request gets follows the demo's simulated provider (see
+:mod:`ragobs.demo.provider`: the same :func:`~ragobs.demo.provider.plan` as
+the in-process one): the routing model (``gpt-4o-mini``) names the source to
+search in a few tokens, the answer model (``gpt-4o``) streams words; a slow
+start waits before the response headers; a failure is a 429 (with
+``retry-after`` / ``retry-after-ms`` and OpenAI's error body), a 503, a
+connection reset before the response, or a cut (a reset) mid-stream. Usage
+counts tokens as a tokenizer would (about four characters per token), not
+content chunks. Each request is recorded in :attr:`~OpenAIWireServer.sent`,
+except the client's warm-up (a request with the ``x-ragobs-warmup`` header,
+answered at once with a stream of no content).
 """
 
 from __future__ import annotations
@@ -28,22 +31,29 @@ import socket
 import string
 import struct
 import time
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Self
 
 from aiohttp import web
 
-from ragobs.demo.agent import OPENAI_MODEL, WARMUP_HEADER, WORDS, DemoConfig
+from ragobs.demo.agent import WARMUP_HEADER
+from ragobs.demo.provider import (
+    OPENAI_MODEL,
+    OPENAI_ROUTER_MODEL,
+    ROUTER_MODELS,
+    DemoConfig,
+    Plan,
+    Sent,
+    plan,
+)
 
-__all__ = ["MODEL", "RESPONSE_MODEL", "OpenAIWireServer", "Sent", "count_tokens"]
+__all__ = ["RESPONSE_MODELS", "OpenAIWireServer", "Sent", "count_tokens"]
 
-#: The model the demo asks for, and the dated model the server says answered.
-MODEL: Final = OPENAI_MODEL
-RESPONSE_MODEL: Final = "gpt-4o-mini-2024-07-18"
-
-Failure = Literal["rate_limited", "unavailable", "reset", "cut"]
-_FAILURES: Final[tuple[Failure, ...]] = ("reset", "cut", "rate_limited", "unavailable")
+#: The dated model the server says answered, per model asked for.
+RESPONSE_MODELS: Final = {
+    OPENAI_ROUTER_MODEL: "gpt-4o-mini-2024-07-18",
+    OPENAI_MODEL: "gpt-4o-2024-08-06",
+}
 
 _SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -54,7 +64,7 @@ _ERRORS: Final = {
     400: ("invalid_request_error", None, "This demo endpoint only streams: set stream to true."),
     404: ("invalid_request_error", None, "Invalid URL"),
     429: ("requests", "rate_limit_exceeded",
-          f"Rate limit reached for {MODEL} in organization org-demo on requests per min "
+          "Rate limit reached for {model} in organization org-demo on requests per min "
           "(RPM): Limit 500, Used 500, Requested 1. Please try again in 200ms."),
     503: ("server_error", None, "The engine is currently overloaded, please try again later"),
 }
@@ -66,19 +76,12 @@ def count_tokens(text: str) -> int:
     return sum(max(1, round(len(word) / 4)) for word in text.split())
 
 
-@dataclass
-class Sent:
-    """What the server did with one chat completions request."""
-
-    response_id: str
-    #: The simulated failure, or None for a stream sent to the end.
-    failure: Failure | None = None
-    content_chunks: int = 0
-    #: The usage chunk's figures, once it was written (None: no usage sent).
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    #: ``data: [DONE]`` was written.
-    done: bool = False
+def _question(body: dict[str, Any]) -> str:
+    """The last user message's text."""
+    for message in reversed(body.get("messages") or ()):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return str(message.get("content", ""))
+    return ""
 
 
 def _compact(obj: Any) -> str:
@@ -109,7 +112,7 @@ class OpenAIWireServer:
 
     def __init__(self, config: DemoConfig | None = None, *, seed: int | None = None) -> None:
         self.config = config or DemoConfig()
-        #: Every request answered, in the order they arrived.
+        #: Every request received, in the order they arrived.
         self.sent: list[Sent] = []
         self._rng = random.Random(seed)
         self._runner: web.AppRunner | None = None
@@ -148,10 +151,11 @@ class OpenAIWireServer:
     def _gap(self) -> float:
         return self._rng.uniform(*self.config.token_gap_seconds) * self.config.time_scale
 
-    @staticmethod
-    def _error(status: int, headers: dict[str, str] | None = None) -> web.Response:
+    def _error(self, status: int, headers: dict[str, str] | None = None,
+               model: object = OPENAI_MODEL) -> web.Response:
         kind, code, message = _ERRORS[status]
-        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        body = {"error": {"message": message.format(model=model), "type": kind, "param": None,
+                          "code": code}}
         # OpenAI pretty-prints its error bodies, four spaces and a final newline.
         return web.Response(status=status, text=json.dumps(body, indent=4) + "\n",
                             content_type="application/json", headers=headers)
@@ -168,26 +172,27 @@ class OpenAIWireServer:
             return self._error(400)
         t_received = time.perf_counter()
         cfg, rng = self.config, self._rng
+        model = str(body.get("model"))
         if request.headers.get(WARMUP_HEADER):  # no part of the simulation, not recorded
-            failure, words, cut_at, sent = None, [], -1, Sent("chatcmpl-warmup")
-        else:  # the plan, drawn before any wait: the same draws as the simulated agent
-            failure = rng.choice(_FAILURES) if rng.random() < cfg.failure_rate else None
-            words = [rng.choice(WORDS) for _ in range(rng.randint(*cfg.tokens))]
-            cut_at = rng.randint(1, max(1, len(words) - 1)) if failure == "cut" else -1
-            sent = Sent(f"chatcmpl-{_alnum(rng, 29)}", failure)
+            todo, sent = Plan(None, 0.0, (), -1), Sent("chatcmpl-warmup", model=model)
+        else:  # the plan, drawn before any wait: the rules of the in-process provider
+            todo = plan(rng, cfg, model, _question(body))
+            sent = Sent(f"chatcmpl-{_alnum(rng, 29)}", todo.failure, model)
             self.sent.append(sent)
         request_id = f"req_{rng.getrandbits(128):032x}"
-        if failure == "rate_limited":
+        if todo.failure == "rate_limited":
             wait = 0.2 * cfg.time_scale
             return self._error(429, {"retry-after": str(math.ceil(wait)),
                                      "retry-after-ms": str(max(1, round(wait * 1000))),
-                                     "x-request-id": request_id})
-        if failure == "unavailable":
+                                     "x-request-id": request_id}, model)
+        if todo.failure == "unavailable":
             return self._error(503, {"x-request-id": request_id})
-        if failure == "reset":
+        if todo.failure == "reset":
             await asyncio.sleep(self._gap())
             _reset(request)
             return web.Response()  # never sent: the connection is gone
+        if todo.delay:  # queued: the response headers wait
+            await asyncio.sleep(todo.delay)
         response = web.StreamResponse(headers={
             **_SSE_HEADERS,
             "openai-processing-ms": str(round((time.perf_counter() - t_received) * 1000)),
@@ -195,22 +200,25 @@ class OpenAIWireServer:
         })
         try:
             await response.prepare(request)
-            await self._stream(request, response, body, sent=sent, words=words, cut_at=cut_at)
-        except ConnectionError:  # the client went away (a timeout closed the stream)
+            await self._stream(request, response, body, sent=sent, todo=todo)
+        except ConnectionError:  # the client went away (a deadline closed the stream)
             pass
         return response
 
     async def _stream(self, request: web.Request, response: web.StreamResponse,
-                      body: dict[str, Any], *, sent: Sent, words: list[str],
-                      cut_at: int) -> None:
+                      body: dict[str, Any], *, sent: Sent, todo: Plan) -> None:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        model = str(body.get("model"))
         head: dict[str, Any] = {
             "id": sent.response_id, "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": RESPONSE_MODEL if body.get("model") == MODEL else str(body.get("model")),
+            "model": RESPONSE_MODELS.get(model, model),
             "service_tier": "default", "system_fingerprint": "fp_560af6e559",
         }
+        # A routing answer's pieces make one word; an answer's are words.
+        pieces = (list(todo.pieces) if model in ROUTER_MODELS else
+                  [word if i == 0 else " " + word for i, word in enumerate(todo.pieces)])
 
         async def write(choices: list[Any], usage: Any = None) -> None:
             chunk = {**head, "choices": choices, **({"usage": usage} if include_usage else {})}
@@ -221,18 +229,18 @@ class OpenAIWireServer:
                      "finish_reason": finish_reason}]
 
         await write(choice({"role": "assistant", "content": "", "refusal": None}))
-        for i, word in enumerate(words):
+        for i, piece in enumerate(pieces):
             await asyncio.sleep(self._gap())
-            if i == cut_at:
+            if i == todo.cut_at:
                 _reset(request)
                 return
-            await write(choice({"content": word if i == 0 else " " + word}))
+            await write(choice({"content": piece}))
             sent.content_chunks += 1
         await write(choice({}, "stop"))
         if include_usage:
             prompt = sum(count_tokens(str(m.get("content", ""))) + 4
                          for m in body.get("messages") or () if isinstance(m, dict)) + 3
-            completion = count_tokens(" ".join(words))
+            completion = count_tokens("".join(pieces))
             await write([], {
                 "prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion,

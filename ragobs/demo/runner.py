@@ -19,12 +19,14 @@ from ragobs.demo.agent import (
     DemoConfig,
     OpenAIRAGAgent,
     SimulatedRAGAgent,
+    chunk_text,
     import_openai,
 )
 from ragobs.demo.openai_wire import OpenAIWireServer
+from ragobs.demo.provider import SimulatedProvider
 from ragobs.demo.stack import Agent, ProtectedAgent, Protection
 
-#: Where the answers come from: ``simulated`` streams str tokens in-process;
+#: Where the LLM calls go: ``simulated`` streams str tokens in-process;
 #: ``openai`` streams the same simulated provider through the real openai
 #: client, over HTTP in the OpenAI wire format (needs ``ragobs[openai]``).
 PROVIDERS: Final = ("simulated", "openai")
@@ -55,19 +57,6 @@ def dashboard(runtime: Runtime) -> str:
     return format_text(build_report(runtime.telemetry))
 
 
-def chunk_text(chunk: object) -> str:
-    """The answer text of one chunk: a str token (or the fallback message), or
-    the content of an OpenAI ``ChatCompletionChunk`` ("" for its role, finish
-    and usage chunks)."""
-    if isinstance(chunk, str):
-        return chunk
-    choices = getattr(chunk, "choices", None)
-    if not choices:
-        return ""
-    content = getattr(getattr(choices[0], "delta", None), "content", None)
-    return content if isinstance(content, str) else ""
-
-
 async def one_request(agent: ProtectedAgent, question: str) -> str:
     """One answer through the full stack; a failure ends in the fallback message."""
     return "".join([chunk_text(chunk) async for chunk in agent.answer(question)])
@@ -76,15 +65,18 @@ async def one_request(agent: ProtectedAgent, question: str) -> str:
 @contextlib.asynccontextmanager
 async def open_agent(provider: str, config: DemoConfig, *, seed: int | None = None,
                      telemetry: Telemetry | None = None, wire: OpenAIWireServer | None = None,
+                     llm: SimulatedProvider | None = None,
                      out: TextIO | None = None) -> AsyncIterator[Agent]:
     """The agent of ``provider`` (see :data:`PROVIDERS`), for the block.
 
-    ``openai``: an :class:`OpenAIRAGAgent` streaming from ``wire``, or from an
+    ``simulated``: a :class:`SimulatedRAGAgent` calling ``llm``, or a
+    :class:`SimulatedProvider` of its own. ``openai``: an
+    :class:`OpenAIRAGAgent` streaming from ``wire``, or from an
     :class:`OpenAIWireServer` started (and stopped) here; ImportError first
     if the openai package is missing.
     """
     if provider == "simulated":
-        yield SimulatedRAGAgent(config, seed=seed, telemetry=telemetry)
+        yield SimulatedRAGAgent(config, seed=seed, telemetry=telemetry, llm=llm)
         return
     if provider != "openai":
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}")
@@ -104,19 +96,21 @@ async def open_agent(provider: str, config: DemoConfig, *, seed: int | None = No
 async def run_demo(runtime: Runtime, config: DemoConfig, options: RunOptions, *,
                    protection: Protection | None = None, seed: int | None = None,
                    out: TextIO | None = None, provider: str = "simulated",
-                   wire: OpenAIWireServer | None = None) -> int:
+                   wire: OpenAIWireServer | None = None,
+                   llm: SimulatedProvider | None = None) -> int:
     """Send traffic until the request count or duration is reached, or cancelled;
-    the number of requests answered (fallbacks included).
+    the number of requests (turns) answered, fallbacks included.
 
     The dashboard is printed every ``options.summary_every`` requests and once
     at the end, unless the last one printed already shows the final figures.
     ``provider``: see :data:`PROVIDERS`. ``wire``: with ``openai``, a running
-    :class:`OpenAIWireServer` to use instead of starting one (its ``sent``
-    records what it answered).
+    :class:`OpenAIWireServer` to use instead of starting one; ``llm``: with
+    ``simulated``, the :class:`SimulatedProvider` to call (the ``sent`` of
+    either records every LLM request it received).
     """
     out = out or sys.stdout
     async with open_agent(provider, config, seed=seed, telemetry=runtime.telemetry,
-                          wire=wire, out=out) as agent:
+                          wire=wire, llm=llm, out=out) as agent:
         return await _drive(
             ProtectedAgent(agent, runtime.telemetry, protection, config.time_scale),
             runtime, options, out)
