@@ -139,11 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "RAGOBS_SIDECAR_URL is set), merges them and serves /metrics, /healthz, "
                     "/readyz, /api/summary, /api/history and the live panel for the host. "
                     "Any OpenTelemetry SDK's GenAI metrics are welcome too. "
+                    "Pushes are taken from this host only, whatever --host says (so "
+                    "--host 0.0.0.0 opens scraping, not ingest). "
                     "Needs: pip install 'ragobs[otlp]'")
     _add_server_args(
         host, log_default="warning",
         log_help="what the host sidecar logs: 'warning' shows points dropped from a push "
                  "and series limits reached; 'debug' also each refused push")
+    host.add_argument("--ingest-from-network", action="store_true",
+                      help="also take pushes from other hosts; each push (from anywhere) "
+                           "must then carry the token in $RAGOBS_SIDECAR_TOKEN (at least 16 "
+                           "characters; workers send it from the same variable)")
     return parser
 
 
@@ -239,7 +245,11 @@ async def _host(args: argparse.Namespace) -> None:
     reporter = HostReporter(merged, service=args.service_name or "ragobs-host",
                             started=time.monotonic())
     app = create_app(registry, reporter, history=History(HostHistorySource(merged)))
-    add_otlp_routes(app, merged)
+    token = os.environ.get("RAGOBS_SIDECAR_TOKEN") or None
+    if args.ingest_from_network and token is None:
+        raise SystemExit("ragobs sidecar: --ingest-from-network needs a token in "
+                         "RAGOBS_SIDECAR_TOKEN (never on the command line)")
+    add_otlp_routes(app, merged, token=token, allow_remote=args.ingest_from_network)
     sidecar = await _bind(Sidecar(app, args.host, args.port).start(), args.host, args.port)
     print(f"ragobs host sidecar: {sidecar.url}/metrics, panel at {sidecar.url}/, workers "
           f"push with RAGOBS_SIDECAR_URL={sidecar.url}", flush=True)

@@ -8,7 +8,10 @@ host's own network address, which the server sees as a remote peer.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -148,3 +151,53 @@ def test_ingest_is_never_opened_without_a_token() -> None:
         add_otlp_routes(aiohttp.web.Application(), HostMetrics(), allow_remote=True)
     with pytest.raises(ValueError, match="token must be a str of at least 16"):
         add_otlp_routes(aiohttp.web.Application(), HostMetrics(), token="short")
+
+
+def start_sidecar(port: int, *flags: str, token: str | None) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    if token is not None:
+        env[TOKEN_ENV] = token
+    return subprocess.Popen([sys.executable, "-m", "ragobs.cli", "sidecar", "--host",
+                             "0.0.0.0", "--port", str(port), *flags],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            assert proc.poll() is None, proc.communicate()[0].decode()
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("the host sidecar never answered")
+
+
+@pytest.mark.parametrize("opened", [False, True], ids=["default", "ingest-from-network"])
+async def test_ragobs_sidecar_takes_pushes_as_its_flags_say(opened: bool) -> None:
+    remote, port = network_address(), free_port()
+    proc = start_sidecar(port, *(["--ingest-from-network"] if opened else []),
+                         token=TOKEN if opened else None)
+    try:
+        await wait_ready(f"http://{remote}:{port}/healthz", proc)
+        url = f"http://{remote}:{port}/v1/metrics"
+        with_token = {"Authorization": f"Bearer {TOKEN}"}
+        if opened:
+            assert (await post(url))[0] == 401
+            assert (await post(url, with_token))[0] == 200
+        else:
+            assert (await post(url, with_token))[0] == 403
+            assert (await post(f"http://127.0.0.1:{port}/v1/metrics"))[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_ingest_from_network_without_a_token_refuses_to_start() -> None:
+    proc = start_sidecar(free_port(), "--ingest-from-network", token=None)
+    out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode != 0
+    assert "--ingest-from-network needs a token in RAGOBS_SIDECAR_TOKEN" in out
