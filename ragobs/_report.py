@@ -233,8 +233,9 @@ def _turn_lines(s: Summary) -> list[str]:
     if s.ttft_breakdown:
         lines.append("  TTFT went to: " + ", ".join(
             f"{name} {seconds:.3f}s" for name, seconds in s.ttft_breakdown.items()))
-    lines.append(f"💵 Spend: {_usd(s.spend_usd)}  Avg per answer: {_usd(s.avg_cost_usd)}"
-                 f"  Unpriced calls: {s.unpriced_calls}")
+    if s.spend_usd or s.unpriced_calls or s.avg_cost_usd is not None:  # something was priced
+        lines.append(f"💵 Spend: {_usd(s.spend_usd)}  Avg per answer: {_usd(s.avg_cost_usd)}"
+                     f"  Unpriced calls: {s.unpriced_calls}")
     lines.append("🔌 LLM calls by model (calls, failed, avg TTFT, avg latency, tokens in/out, "
                  "spend, unpriced):")
     for row in s.calls:
