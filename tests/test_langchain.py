@@ -35,17 +35,19 @@ from ragobs._report import Reporter, as_json
 from ragobs.langchain import RagobsCallbackHandler, answer_text, instrument_langchain
 from tests.conftest import OTelHarness
 from tests.provider_server import ProviderServer, Reply, ThreadedProviderServer
+from tests.test_turns import (
+    ANSWERER,
+    CALL_DURATION,
+    CALL_TTFT,
+    CALL_USAGE,
+    REQUESTS,
+    ROUTER,
+    TURN_CALLS,
+    TURN_TOOLS,
+    TURN_TTFT,
+    TURN_USAGE,
+)
 
-REQUESTS = semconv.REQUESTS.name
-CALL_DURATION = semconv.OPERATION_DURATION.name
-CALL_TTFT = semconv.TIME_TO_FIRST_CHUNK.name
-CALL_USAGE = semconv.TOKEN_USAGE.name
-TURN_TTFT = semconv.TURN_TIME_TO_FIRST_CHUNK.name
-TURN_USAGE = semconv.TURN_TOKEN_USAGE.name
-TURN_CALLS = semconv.TURN_INFERENCE_CALLS.name
-TURN_TOOLS = semconv.TURN_TOOL_CALLS.name
-
-ROUTER, ANSWERER = "gpt-4o-mini", "gpt-4o"
 #: The models the server says answered (gen_ai.response.model).
 ROUTER_SNAPSHOT, ANSWERER_SNAPSHOT = "gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06"
 ROUTE_DELAY, ANSWER_DELAY, RETRIEVE_DELAY = 0.05, 0.12, 0.06
