@@ -34,7 +34,7 @@ def main() -> dict[str, float]:
     tel = runtime.telemetry
     tick = ChunkGaps.tick
 
-    def no_tick(self: ChunkGaps, now: float | None = None) -> None:
+    def no_tick(self: ChunkGaps) -> None:
         """The per-chunk timing switched off."""
 
     async def observed(n: int) -> None:

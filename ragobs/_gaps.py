@@ -38,16 +38,18 @@ class ChunkGaps:
         self.minimum = float("inf")
         self.maximum = float("-inf")
 
-    def tick(self, now: float | None = None) -> None:
-        """An output chunk arrived now (or at ``now``, a perf_counter value)."""
-        t = _perf() if now is None else now
+    def tick(self) -> None:
+        """An output chunk arrived now."""
+        t = _perf()
         gap = t - self.last
         self.last = t
         i = bisect_left(BOUNDS, gap)
         self.counts[i] += 1
         self.sums[i] += gap
-        self.maximum = max(self.maximum, gap)
-        self.minimum = min(self.minimum, gap)
+        if gap > self.maximum:  # noqa: PLR1730 (a compare costs less than max())
+            self.maximum = gap
+        if gap < self.minimum:  # noqa: PLR1730
+            self.minimum = gap
 
     def without_minimum(self) -> ChunkGaps:
         """The same gaps less one of the smallest (which was recorded apart)."""

@@ -10,6 +10,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import ragobs
+import ragobs._gaps
 from ragobs import semconv
 from tests.conftest import OTelHarness
 from tests.provider_server import ProviderServer, Reply
@@ -43,7 +44,7 @@ def reference_histogram(values: list[float]) -> Any:
 
 
 def test_time_per_output_chunk_is_the_histogram_a_record_per_chunk_gives(
-        otel: OTelHarness) -> None:
+        otel: OTelHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     recorded: list[float] = []
     for _ in range(3):  # the first stream creates the series, the others add to it
         obs = ragobs.observe(model="m", telemetry=otel.telemetry)
@@ -52,9 +53,9 @@ def test_time_per_output_chunk_is_the_histogram_a_record_per_chunk_gives(
         obs.first_token(at=t)
         for gap in GAPS:
             before, t = t, t + gap
-            obs._gaps.tick(t)  # type: ignore[union-attr]  # chunk arrivals at known times
+            monkeypatch.setattr(ragobs._gaps, "_perf", lambda t=t: t)  # the chunk arrives at t
+            obs.tokens(1)
             recorded.append(t - before)  # the gap as the stream computes it
-        obs.set_token_count(len(GAPS) + 1)
         obs.finish(end_time=t)
     got = only_point(otel, TPOC)
     want = reference_histogram(recorded)
