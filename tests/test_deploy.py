@@ -55,6 +55,7 @@ ALERTS = {
     "RagobsTimeToFirstTokenHigh", "RagobsLatencyHigh", "RagobsTokensPerSecondLow",
     "RagobsRetriesExhausted", "RagobsFallbacksServed", "RagobsRateLimitRejecting",
     "RagobsRateLimitBackendFailingClosed", "RagobsRateLimitBackendFailingOpen",
+    "RagobsSpendHigh", "RagobsLengthCutoffsRising",
 }
 #: The labels the recording rules aggregate by.
 SERVICE_MODEL = {"service_name", "gen_ai_operation_name", "gen_ai_request_model"}
@@ -141,7 +142,7 @@ def test_each_unit_test_group_passes_alone(tmp_path: Path) -> None:
     """What the mutation tests below rely on: a group run by itself passes."""
     promtool = require_binary("promtool")
     paths = write_groups_apart(tmp_path)
-    assert len(paths) == 8
+    assert len(paths) == 11
     done = run(promtool, "test", "rules", *map(str, paths))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("SUCCESS") == len(paths)
@@ -166,15 +167,17 @@ MUTATIONS = [Mutation(*m) for m in [
      " + service_model:ragobs_requests_failed:rate5m)",
      "healthy traffic", "service_model:ragobs_requests_success:ratio_rate5m"),
     ("no zero when nothing succeeded",
-     '{ragobs_outcome="ok"}[5m]))\n          or 0 * service_model:ragobs_requests:rate5m',
-     '{ragobs_outcome="ok"}[5m]))', "everything fails", "RagobsSuccessRateLow"),
+     "          )\n          or 0 * service_model:ragobs_requests:rate5m\n"
+     "      - record: service_model:ragobs_requests_failed:rate5m",
+     "          )\n      - record: service_model:ragobs_requests_failed:rate5m",
+     "everything fails", "RagobsSuccessRateLow"),
     ("no traffic guard",
      "ratio_rate5m < 0.95\n          and on (service_name, gen_ai_operation_name,"
      " gen_ai_request_model)\n          service_model:ragobs_requests:rate5m >= 0.1",
      "ratio_rate5m < 0.95\n          and on (service_name, gen_ai_operation_name,"
      " gen_ai_request_model)\n          service_model:ragobs_requests:rate5m >= 0",
      "too little traffic", "RagobsSuccessRateLow"),
-    ("rising factor", "> 2 * service_model", "> 1 * service_model",
+    ("rising factor", "> 2 * service_model:ragobs_requests", "> 1 * service_model:ragobs_requests",
      "failures rising", "RagobsErrorRatioRising"),
     ("rising floor", "ratio_rate5m > 0.02", "ratio_rate5m > 0.2",
      "failures rising", "RagobsErrorRatioRising"),
@@ -207,6 +210,50 @@ MUTATIONS = [Mutation(*m) for m in [
     ("fail-open delay", "          > 0\n        for: 5m", "          > 0\n        for: 1m",
      "rate-limit backend failing", "RagobsRateLimitBackendFailingOpen"),
     ("any job down", 'up{job="ragobs"} == 0', "up == 0", "sidecar down", "RagobsTargetDown"),
+    # Agents without ragobs: counted, and nothing of a ragobs service counted again.
+    ("other agents left out",
+     "            rate(ragobs_requests_total[5m])\n            or (rate("
+     "gen_ai_client_operation_duration_seconds_count{ragobs_outcome=\"\"}[5m])\n"
+     "                unless on (service_name) ragobs_requests_total)\n",
+     "            rate(ragobs_requests_total[5m])\n",
+     "other agents", "service_model:ragobs_requests:rate5m"),
+    ("a neighbour instrumentation's calls counted as requests",
+     "(rate(gen_ai_client_operation_duration_seconds_count{ragobs_outcome=\"\"}[5m])\n"
+     "                unless on (service_name) ragobs_requests_total)",
+     "rate(gen_ai_client_operation_duration_seconds_count{ragobs_outcome=\"\"}[5m])",
+     "other agents", "service_model:ragobs_requests:rate5m"),
+    ("ragobs's own calls counted as requests",
+     "rate(gen_ai_client_operation_duration_seconds_count{ragobs_outcome=\"\"}[5m])",
+     "rate(gen_ai_client_operation_duration_seconds_count[5m])",
+     "other agents", "service_model:ragobs_requests:rate5m"),
+    ("other agents' failures counted as ok",
+     "            rate(ragobs_requests_total{ragobs_outcome=\"ok\"}[5m])\n"
+     "            or (rate(gen_ai_client_operation_duration_seconds_count"
+     "{ragobs_outcome=\"\", error_type=\"\"}[5m])",
+     "            rate(ragobs_requests_total{ragobs_outcome=\"ok\"}[5m])\n"
+     "            or (rate(gen_ai_client_operation_duration_seconds_count"
+     "{ragobs_outcome=\"\"}[5m])",
+     "other agents", "service_model:ragobs_requests_ok:rate5m"),
+    ("other agents' failed operations in the latency",
+     "rate(gen_ai_client_operation_duration_seconds_bucket{ragobs_outcome=\"\", error_type=\"\"}",
+     "rate(gen_ai_client_operation_duration_seconds_bucket{ragobs_outcome=\"\"}",
+     "other agents", "service_model_le:ragobs_turn_duration_seconds_bucket:rate5m"),
+    # Spend and finish reasons.
+    ("default spend limit", "expr: vector(10)", "expr: vector(20)", "spend", "RagobsSpendHigh"),
+    ("a service's own limit ignored",
+     'ragobs:spend_usd_per_hour:limit{service_name!=""}\n          or on (service_name)',
+     'ragobs:spend_usd_per_hour:limit{service_name="none"}\n          or on (service_name)',
+     "spend", "service:ragobs_spend_usd_per_hour:limit"),
+    ("spend per second taken as per hour", "service:ragobs_spend_usd:rate1h * 3600\n",
+     "service:ragobs_spend_usd:rate1h * 360000\n", "spend", "RagobsSpendHigh"),
+    ("length floor", "length:ratio_rate5m > 0.05", "length:ratio_rate5m > 0.25",
+     "length cut-offs rising", "RagobsLengthCutoffsRising"),
+    ("length rising factor", "> 2 * service_model:ragobs_finish_reasons_length",
+     "> 1 * service_model:ragobs_finish_reasons_length",
+     "length cut-offs rising", "RagobsLengthCutoffsRising"),
+    ("no zero when nothing was cut off",
+     "[5m]))\n          or 0 * service_model:ragobs_finish_reasons:rate5m",
+     "[5m]))", "length cut-offs rising", "service_model:ragobs_finish_reasons_length"),
 ]]
 
 
@@ -249,22 +296,23 @@ def test_alerts_have_severity_annotations_and_a_delay() -> None:
 def test_rate_and_percentile_alerts_require_traffic() -> None:
     for name, rule in alert_rules().items():
         if name in {"RagobsTargetDown", "RagobsRateLimitBackendFailingClosed",
-                    "RagobsRateLimitBackendFailingOpen"}:
+                    "RagobsRateLimitBackendFailingOpen", "RagobsSpendHigh"}:
             continue
         assert re.search(r":rate5m >= 0\.1\s*$", rule["expr"]), name
 
 
 def test_recording_rules_follow_level_metric_operations() -> None:
+    # "ragobs": a setting, not an aggregation (the spend limit).
     levels = {"service_model": SERVICE_MODEL, "service_model_outcome": {*SERVICE_MODEL,
               "ragobs_outcome"}, "service_model_le": {*SERVICE_MODEL, "le"},
-              "service": {"service_name"}}
+              "service": {"service_name"}, "ragobs": set()}
     for rule in rules():
         if "record" not in rule:
             continue
         level, metric, operations = rule["record"].split(":")
         assert level in levels, rule["record"]
-        assert operations.endswith(("rate5m", "rate1h", "mean5m")), rule["record"]
-        assert metric.startswith(("ragobs_", "gen_ai_")), rule["record"]
+        assert operations.endswith(("rate5m", "rate1h", "mean5m", "limit")), rule["record"]
+        assert level == "ragobs" or metric.startswith(("ragobs_", "gen_ai_")), rule["record"]
         for by in re.findall(r"sum by \(([^)]*)\)", rule["expr"]):
             assert {label.strip() for label in by.split(",")} == levels[level], rule["record"]
 
@@ -286,7 +334,8 @@ def _known_metrics() -> set[str]:
 
 def test_rules_use_only_metrics_and_labels_that_ragobs_exposes() -> None:
     labels, metrics, recorded = _known_labels(), _known_metrics(), set(recorded_names())
-    values = {"ragobs_outcome": {o.value for o in semconv.Outcome},
+    # "": the label is absent (agents without ragobs, see the rules' header).
+    values = {"ragobs_outcome": {o.value for o in semconv.Outcome} | {""},
               "ragobs_ratelimit_backend_mode": {"open", "closed"},
               "ragobs_ratelimit_reason": {"no_capacity", "cancelled", "timeout", "too_large",
                                           "backend_unavailable"},
@@ -301,7 +350,7 @@ def test_rules_use_only_metrics_and_labels_that_ragobs_exposes() -> None:
                 assert label in labels, f"{label} in {expr}"
                 if label in values:
                     assert set(value.split("|")) <= values[label], f"{label}={value}"
-        bare = re.sub(r"\{[^}]*\}|\b(?:by|on)\s*\([^)]*\)", " ", expr)
+        bare = re.sub(r'\{[^}]*\}|\b(?:by|on)\s*\([^)]*\)|"[^"]*"', " ", expr)
         for name in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare):
             if ":" in name:
                 assert name in recorded, f"{name} is not recorded"
