@@ -4,7 +4,9 @@
 instrument names (``gen_ai.client.operation.duration``,
 ``gen_ai.client.token.usage``) under its own scope. ``/metrics`` must stay a
 valid exposition (one HELP / TYPE per name) and every ragobs figure, the
-dashboard's queries and the rules must count each ragobs stream once.
+dashboard's queries and the rules must count each ragobs stream once: they read
+ragobs's series by ``ragobs_outcome``, and other agents' series only in services
+without ragobs turns (a guard), as the host sidecar's calls table does.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import ragobs
+from ragobs import semconv
 from ragobs._exposition import render
+from ragobs._host.report import host_summary
 from ragobs._runtime import Runtime
 from tests.provider_server import ProviderServer, Reply
 from tests.support import require_binary
+from tests.test_host_merge import Host, Producer, host  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = 5
@@ -119,3 +124,25 @@ def test_every_shared_name_query_selects_ragobs_series_only() -> None:
     assert found, "no gen_ai_* selector found: the check would prove nothing"
     for name, matchers in found:
         assert "ragobs_outcome" in matchers, f"{name}{{{matchers}}} mixes in other scopes"
+
+
+async def test_the_host_counts_each_call_once_beside_a_neighbour(host: Host) -> None:  # noqa: F811
+    """A ragobs worker whose process also runs another GenAI instrumentation
+    pushes both to the host sidecar: the host's calls table is ragobs's alone."""
+    producer = Producer(host.url, instance="w-neighbour")
+    neighbour = producer.provider.get_meter("opentelemetry.instrumentation.openai_v2")
+    duration = neighbour.create_histogram(semconv.OPERATION_DURATION.name, unit="s")
+    try:
+        for model in ("gpt-4o", "gpt-4o", "gpt-4o-mini"):
+            with ragobs.observe(model=model, provider="openai",
+                                telemetry=producer.telemetry) as obs:
+                obs.tokens(2)
+            duration.record(0.5, {semconv.OPERATION_NAME: "chat",
+                                  semconv.PROVIDER_NAME: "openai",
+                                  semconv.REQUEST_MODEL: model})
+        await producer.push()
+        host_rows = {(r.model, r.calls) for r in host_summary(host.metrics).calls}
+        assert host_rows == {(r.model, r.calls) for r in producer.telemetry.calls.snapshot()}
+        assert host_rows == {("gpt-4o", 2), ("gpt-4o-mini", 1)}
+    finally:
+        await producer.stop()

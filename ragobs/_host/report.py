@@ -286,17 +286,24 @@ def host_figures(source: HostMetrics | HostSnapshot, *, declared_bounds: bool = 
         inference_calls=_merge(turns(semconv.TURN_INFERENCE_CALLS.name)),
         tool_calls=_merge(turns(semconv.TURN_TOOL_CALLS.name)),
         phases=dict(sorted(phases.items())),
-        calls=_calls(snapshot, ok, failed, output),
+        # In a ragobs service, only ragobs's call series: another GenAI instrumentation
+        # beside it (the official OpenAI one) records the same calls again, without ragobs.outcome.
+        calls=_calls(snapshot, ok, failed, output,
+                     lambda s: not ragobs(s) or semconv.OUTCOME in s.attributes),
         turn_cost=_merge(turns(semconv.TURN_COST.name)),
     )
 
 
 def _calls(snapshot: HostSnapshot, ok: Callable[[SeriesSnapshot], bool],
            failed: Callable[[SeriesSnapshot], bool],
-           output: Callable[[SeriesSnapshot], bool]) -> tuple[CallSummary, ...]:
-    """The LLM calls per (provider, model), from the GenAI client instruments,
-    as :class:`ragobs._summary_stats.CallStats` counts them."""
+           output: Callable[[SeriesSnapshot], bool],
+           mine: Callable[[SeriesSnapshot], bool]) -> tuple[CallSummary, ...]:
+    """The LLM calls per (provider, model), from the GenAI client instruments of the
+    series ``mine`` keeps, as :class:`ragobs._summary_stats.CallStats` counts them."""
     rows: dict[tuple[str | None, str | None], CallTotals] = {}
+
+    def series_of(name: str) -> list[SeriesSnapshot]:
+        return [s for s in _series(snapshot, name) if mine(s)]
 
     def row(series: SeriesSnapshot) -> CallTotals:
         attrs = series.attributes
@@ -308,7 +315,7 @@ def _calls(snapshot: HostSnapshot, ok: Callable[[SeriesSnapshot], bool],
             found = rows[key] = CallTotals()
         return found
 
-    for series in _series(snapshot, semconv.OPERATION_DURATION.name):
+    for series in series_of(semconv.OPERATION_DURATION.name):
         value = series.value
         if isinstance(value, HistogramValue):
             held = row(series)
@@ -318,13 +325,13 @@ def _calls(snapshot: HostSnapshot, ok: Callable[[SeriesSnapshot], bool],
             elif ok(series):
                 held.ok += value.count
                 held.latency_sum += value.sum
-    for series in _series(snapshot, semconv.TIME_TO_FIRST_CHUNK.name):
+    for series in series_of(semconv.TIME_TO_FIRST_CHUNK.name):
         value = series.value
         if isinstance(value, HistogramValue) and ok(series):
             held = row(series)
             held.ttft_sum += value.sum
             held.ttft_n += value.count
-    for series in _series(snapshot, semconv.TOKEN_USAGE.name):
+    for series in series_of(semconv.TOKEN_USAGE.name):
         value = series.value
         if isinstance(value, HistogramValue):
             held = row(series)
@@ -332,7 +339,7 @@ def _calls(snapshot: HostSnapshot, ok: Callable[[SeriesSnapshot], bool],
                 held.output_tokens += round(value.sum)
             else:
                 held.input_tokens += round(value.sum)
-    for series in _series(snapshot, semconv.OPERATION_COST.name):  # any producer's
+    for series in series_of(semconv.OPERATION_COST.name):  # any producer's
         if isinstance(series.value, HistogramValue):
             row(series).cost += series.value.sum
     for series in _numbers(snapshot, semconv.UNPRICED_CALLS.name):
