@@ -9,11 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Only what the package build needs (see .dockerignore); a regular, non-editable
-# install with the OTLP exporter, so OTEL_EXPORTER_OTLP_ENDPOINT sends traces.
+# install with the OTLP exporter (so OTEL_EXPORTER_OTLP_ENDPOINT sends traces), the
+# openai client (the demo's --provider openai) and genai-prices (what each call cost).
 WORKDIR /tmp/ragobs-src
 COPY pyproject.toml README.md ./
 COPY ragobs ./ragobs
-RUN pip install '.[otlp]' \
+RUN pip install '.[otlp,openai,cost]' \
     && cd / && rm -rf /tmp/ragobs-src \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/ragobs \
        --shell /usr/sbin/nologin ragobs
