@@ -16,7 +16,7 @@ from typing import Final
 
 from ragobs import semconv
 
-__all__ = ["ChunkGaps"]
+__all__ = ["NO_GAPS", "ChunkGaps"]
 
 _perf = time.perf_counter
 #: The boundaries of the histogram the gaps go to.
@@ -61,3 +61,16 @@ class ChunkGaps:
         rest.sums[i] -= self.minimum
         rest.minimum, rest.maximum = self.minimum, self.maximum
         return rest
+
+
+class _Untimed(ChunkGaps):
+    """Gaps nobody records (a turn that is not an LLM call itself): ticks cost a no-op."""
+
+    __slots__ = ()
+
+    def tick(self) -> None:
+        """Nothing: this stream's gaps are no figure."""
+
+
+#: The gaps of every stream whose gaps are no figure (shared: it never changes).
+NO_GAPS: Final = _Untimed(0.0)

@@ -49,7 +49,7 @@ from opentelemetry.util.types import AttributeValue
 from ragobs import semconv
 from ragobs._classify import classify, error_type
 from ragobs._cost import CURRENCY
-from ragobs._gaps import ChunkGaps
+from ragobs._gaps import NO_GAPS, ChunkGaps
 from ragobs._sources import aclose_source, aopen, check_streamed, close_source, open_sync
 from ragobs._summary_stats import SummaryStats
 from ragobs._telemetry import BoundHistogram, ExemplarSeries, Telemetry, get_telemetry
@@ -361,12 +361,15 @@ class StreamObservation:
                 self._t_first = t_first = at
                 self._span.add_event(semconv.EVENT_FIRST_CHUNK, timestamp=time.time_ns()
                                      - int((_perf() - at) * 1e9))
-            self._gaps = ChunkGaps(t_first)
+            turn = self._turn
+            # Time per output chunk is a call's figure: a turn that is an agent's, or
+            # whose calls have started already, is no call itself and times nothing.
+            self._gaps = NO_GAPS if self._owns_turn and turn is not None and (
+                self._labels.agent is not None or turn.calls_started) else ChunkGaps(t_first)
             if self._reasoning_chunk:  # the model thinks first: the answer comes later
                 self._reasoning_chunk = False
             else:
                 self._t_answer = t_first
-            turn = self._turn
             if turn is not None:
                 if self._owns_turn:
                     turn.t_first = t_first
@@ -563,6 +566,7 @@ class StreamObservation:
             inside_phase = in_phase(context)
         if parent is not None and labels.agent is None:  # a call of the running turn
             self._turn = parent
+            parent.call_started()
             if not inside_phase:
                 self._phase = PHASE_LLM
         self._span = span = tel.tracer.start_span(

@@ -55,7 +55,8 @@ class Turn:
     Memory is a few counters and one entry per phase name.
     """
 
-    __slots__ = ("__weakref__", "_lock", "calls", "context", "cost", "failed_calls",
+    __slots__ = ("__weakref__", "_lock", "calls", "calls_started", "context", "cost",
+                 "failed_calls",
                  "input_tokens",
                  "output_tokens", "phases", "retrievals", "source", "t_first", "t_start",
                  "tool_calls")
@@ -66,6 +67,8 @@ class Turn:
         #: When the user received the turn's first output chunk (perf_counter).
         self.t_first: float | None = None
         self.calls = 0
+        #: LLM calls started (finished or not): a turn with one is no call itself.
+        self.calls_started = 0
         self.failed_calls = 0
         self.tool_calls = 0
         self.retrievals = 0
@@ -80,6 +83,10 @@ class Turn:
         self.source: object = None
         #: The turn's own context (its span current, outside any phase), once started.
         self.context: Context | None = None
+
+    def call_started(self) -> None:
+        with self._lock:
+            self.calls_started += 1
 
     def call_finished(self, *, failed: bool, input_tokens: int | None,
                       output_tokens: int | None, cost: float | None = None) -> None:
