@@ -113,8 +113,8 @@ class _Ending:
     __slots__ = (
         "attrs", "cost", "duration", "error_type", "exemplars", "input_attrs", "input_tokens",
         "key", "outcome", "output_attrs", "output_tokens", "per_chunk", "phase_keys", "rate",
-        "ttfa", "ttft", "turn_calls", "turn_cost", "turn_duration", "turn_input", "turn_output",
-        "turn_rate", "turn_tools", "turn_ttft",
+        "ttfa", "ttft", "turn_calls", "turn_cost", "turn_duration", "turn_exemplars",
+        "turn_input", "turn_output", "turn_rate", "turn_tools", "turn_ttft",
     )
 
     def __init__(self, telemetry: Telemetry, span_attributes: dict[str, str],
@@ -151,8 +151,10 @@ class _Ending:
         #: latency and TTFT, when no exemplar goes to the SDK (ragobs keeps them)
         self.duration: BoundHistogram | None = None
         self.ttft: BoundHistogram | None = None
-        #: (latency, TTFT) series of ragobs' own exemplar table, if it keeps one
+        #: (latency, TTFT) series of ragobs' own exemplar table, if it keeps one,
+        #: for the calls and for the turns
         self.exemplars: tuple[ExemplarSeries, ExemplarSeries] | None = None
+        self.turn_exemplars: tuple[ExemplarSeries, ExemplarSeries] | None = None
         table = telemetry.exemplars
         if table is not None:
             self.duration = BoundHistogram(telemetry.operation_duration, attrs)
@@ -162,6 +164,11 @@ class _Ending:
                              semconv.DURATION_BUCKETS),
                 table.series(semconv.TIME_TO_FIRST_CHUNK.name, self.key,
                              semconv.TIME_TO_FIRST_CHUNK_BUCKETS),
+            )
+            self.turn_exemplars = (
+                table.series(semconv.TURN_DURATION.name, self.key, semconv.DURATION_BUCKETS),
+                table.series(semconv.TURN_TIME_TO_FIRST_CHUNK.name, self.key,
+                             semconv.DURATION_BUCKETS),
             )
 
 
@@ -742,7 +749,21 @@ class StreamObservation:
                      cost: float | None) -> None:
         """The figures of one turn: the seed's summary and the turn instruments."""
         tel = self._telemetry
-        ending.turn_duration.record(latency)
+        exemplars = ending.turn_exemplars
+        if exemplars is not None:  # ragobs keeps them (see _record_call)
+            ending.turn_duration.record(latency)
+            if ttft is not None:
+                ending.turn_ttft.record(ttft)
+            span_context = self._span.get_span_context()
+            if span_context.trace_flags.sampled:
+                now = time.time()
+                exemplars[0].offer(latency, span_context.trace_id, span_context.span_id, now)
+                if ttft is not None:
+                    exemplars[1].offer(ttft, span_context.trace_id, span_context.span_id, now)
+        else:  # the SDK's reservoir takes them, reading the turn's span from the context
+            tel.turn_duration.record(latency, ending.attrs, context=self._ctx)
+            if ttft is not None:
+                tel.turn_time_to_first_chunk.record(ttft, ending.attrs, context=self._ctx)
         if output_tokens is not None:
             ending.turn_output.record(output_tokens)
         if input_tokens is not None:
@@ -754,7 +775,6 @@ class StreamObservation:
             ending.turn_cost.record(cost)
         phases = None
         if ttft is not None:
-            ending.turn_ttft.record(ttft)
             if rate is not None:
                 ending.turn_rate.record(rate)
             if outcome is Outcome.OK:

@@ -523,17 +523,20 @@ def test_the_panels_operators_look_for_first() -> None:
     assert [renamed[f"Value #{ref}"] for ref in "ABCD"] == ["Calls", "OK", "Failed", "Success %"]
 
 
-#: The metrics ragobs gives exemplars (trace ids) on /metrics: the LLM calls'
-#: latency and TTFT (see ragobs/_stream.py and ragobs/_exposition.py).
+#: The metrics ragobs gives exemplars (trace ids) on /metrics: the LLM calls' and
+#: the turns' latency and TTFT (see ragobs/_stream.py and ragobs/_exposition.py).
 EXEMPLAR_METRICS = {semconv.OPERATION_DURATION.prometheus_name,
-                    semconv.TIME_TO_FIRST_CHUNK.prometheus_name}
+                    semconv.TIME_TO_FIRST_CHUNK.prometheus_name,
+                    semconv.TURN_DURATION.prometheus_name,
+                    semconv.TURN_TIME_TO_FIRST_CHUNK.prometheus_name}
 
 
-def test_exemplars_on_the_llm_call_latency_and_ttft_panels_link_to_traces() -> None:
+def test_exemplars_on_the_latency_and_ttft_panels_link_to_traces() -> None:
     dashboard = load_dashboard()
     with_exemplars = {(p["title"], t["refId"]): t for p in data_panels(dashboard)
                       for t in p["targets"] if t.get("exemplar")}
     assert {title for title, _ in with_exemplars} == {
+        "Time to first token p50 / p95 / p99", "Latency p50 / p95 / p99",  # the turns'
         "LLM call time to first chunk p50 / p95 by model", "LLM call latency p95 by model"}
     for t in with_exemplars.values():
         assert t["instant"] is False  # Grafana draws exemplars on range queries
@@ -1234,11 +1237,14 @@ async def check_operator_panels(prom: PrometheusServer, at: float, range_s: floa
 async def check_exemplars(prom: PrometheusServer, start: float, end: float,
                           spans: Any) -> None:
     """The exemplar targets' queries find exemplars in Prometheus, labelled
-    with the trace and span ids of the demo's LLM call spans: what the
-    provisioned datasource links to Jaeger by ``trace_id``."""
+    with the trace and span ids of the demo's LLM call spans (the call panels)
+    and turn spans (the turn panels): what the provisioned datasource links to
+    Jaeger by ``trace_id``."""
     calls = {(format(s.context.trace_id, "032x"), format(s.context.span_id, "016x"))
              for s in spans if s.name.startswith(f"{CALL_OPERATION} ")}
-    assert calls
+    turns = {(format(s.context.trace_id, "032x"), format(s.context.span_id, "016x"))
+             for s in spans if s.name.startswith("invoke_agent ")}
+    assert calls and turns
     dashboard = load_dashboard()
     targets = [t for p in data_panels(dashboard) for t in p["targets"] if t.get("exemplar")]
     assert targets
@@ -1250,12 +1256,16 @@ async def check_exemplars(prom: PrometheusServer, start: float, end: float,
                              end=f"{end + 1:.3f}")
             exemplars = [ex for series in found for ex in series["exemplars"]]
             assert exemplars, f"{t['refId']}: no exemplars for {expr}"
+            names = set()
             for series in found:
-                assert series["seriesLabels"]["__name__"].removesuffix("_bucket") \
-                    in EXEMPLAR_METRICS
+                names.add(series["seriesLabels"]["__name__"].removesuffix("_bucket"))
+            assert names <= EXEMPLAR_METRICS
+            of_turns = names <= {semconv.TURN_DURATION.prometheus_name,
+                                 semconv.TURN_TIME_TO_FIRST_CHUNK.prometheus_name}
             for ex in exemplars:
                 assert set(ex["labels"]) == {"trace_id", "span_id"}
-                assert (ex["labels"]["trace_id"], ex["labels"]["span_id"]) in calls, ex
+                ids = (ex["labels"]["trace_id"], ex["labels"]["span_id"])
+                assert ids in (turns if of_turns else calls), ex
 
     await asyncio.to_thread(run)
 

@@ -424,7 +424,8 @@ async def test_sdk_exemplars_on_an_applications_own_providers(otel: OTelHarness)
     assert data is not None
     points = {m.name: list(m.data.data_points) for rm in data.resource_metrics
               for sm in rm.scope_metrics for m in sm.metrics}
-    for name in (DURATION, TTFT):
+    for name in (DURATION, TTFT, semconv.TURN_DURATION.name,
+                 semconv.TURN_TIME_TO_FIRST_CHUNK.name):
         (point,) = points[name]
         assert [(e.trace_id, e.span_id) for e in point.exemplars] == [
             (span.context.trace_id, span.context.span_id)], name
@@ -445,8 +446,10 @@ async def test_exemplar_table_takes_latency_and_ttft_exemplars(otel: OTelHarness
     points = {m.name: list(m.data.data_points) for rm in data.resource_metrics
               for sm in rm.scope_metrics for m in sm.metrics}
     for name, bounds in ((DURATION, semconv.DURATION_BUCKETS),
-                         (TTFT, semconv.TIME_TO_FIRST_CHUNK_BUCKETS)):
-        (point,) = points[name]
+                         (TTFT, semconv.TIME_TO_FIRST_CHUNK_BUCKETS),
+                         (semconv.TURN_DURATION.name, semconv.DURATION_BUCKETS),
+                         (semconv.TURN_TIME_TO_FIRST_CHUNK.name, semconv.DURATION_BUCKETS)):
+        (point,) = points[name]  # a lone stream: its turn's figures too, with exemplars
         assert dict(point.attributes) == attrs
         assert not point.exemplars, name  # not kept twice: the SDK took none
         (ex,) = table.get(name, point.attributes)
