@@ -22,6 +22,7 @@ from ragobs._version import __version__
 from ragobs.demo.agent import DemoConfig, import_openai
 from ragobs.demo.runner import PROVIDERS, RunOptions, run_demo
 from ragobs.demo.stack import Protection
+from ragobs.proxy._command import add_proxy_parser
 
 
 def _positive_float(text: str) -> float:
@@ -67,7 +68,8 @@ def _add_server_args(p: argparse.ArgumentParser, *, log_default: str, log_help: 
 DESCRIPTION = ("Observability for streaming LLM and RAG agents: /metrics for Prometheus, "
                "/api/summary and a live panel. 'demo' shows it on a simulated agent; 'serve' "
                "serves one process, your function running in it; 'sidecar' serves a host of "
-               "several worker processes, which push to it.")
+               "several worker processes, which push to it; 'proxy' puts a measuring proxy "
+               "in front of the provider, for agents in any language.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also take pushes from other hosts; each push (from anywhere) "
                            "must then carry the token in $RAGOBS_SIDECAR_TOKEN (at least 16 "
                            "characters; workers send it from the same variable)")
+    proxy = add_proxy_parser(sub)
+    _add_server_args(
+        proxy, log_default="warning",
+        log_help="what the proxy logs: 'warning' shows each retry before the first content "
+                 "and each stream its upstream cut; 'info' also each refusal by a limit")
     return parser
 
 
@@ -219,6 +226,13 @@ async def _demo(args: argparse.Namespace) -> None:
     finally:
         await runtime.stop_server()
         runtime.shutdown()
+
+
+async def _proxy(args: argparse.Namespace) -> None:
+    _stop_on_sigterm()
+    from ragobs.proxy._command import run_command
+
+    await run_command(args)
 
 
 async def _host(args: argparse.Namespace) -> None:
@@ -330,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ragobs: error: {exc}", file=sys.stderr)
         return 2
-    runner = {"demo": _demo, "serve": _serve, "sidecar": _host}[args.command]
+    runner = {"demo": _demo, "serve": _serve, "sidecar": _host, "proxy": _proxy}[args.command]
     try:
         asyncio.run(runner(args))
     except KeyboardInterrupt:

@@ -63,6 +63,12 @@ __all__ = [
     "PHASE",
     "PROVIDER_AZURE_OPENAI",
     "PROVIDER_NAME",
+    "PROXY_INTERRUPTED",
+    "PROXY_LIMIT",
+    "PROXY_LIMITED",
+    "PROXY_OVERHEAD",
+    "PROXY_OVERHEAD_BUCKETS",
+    "PROXY_UPSTREAM",
     "PUSH_DROPPED",
     "RATELIMIT_ACQUISITIONS",
     "RATELIMIT_BACKEND_ERRORS",
@@ -574,6 +580,37 @@ PUSH_DROPPED = InstrumentSpec(
     None, "ragobs_push_dropped_total",
 )
 
+# --- the proxy (`ragobs proxy`): what it adds, what it cut, whom it refused ------------
+
+#: The upstream a proxied request went to (its name; ``default`` for the unnamed one).
+PROXY_UPSTREAM: Final = "ragobs.proxy.upstream"
+#: Which per-caller limit refused a request: ``requests`` or ``tokens``.
+PROXY_LIMIT: Final = "ragobs.proxy.limit"
+#: Loopback proxies add tens of microseconds; a busy host, milliseconds.
+PROXY_OVERHEAD_BUCKETS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)
+PROXY_OVERHEAD = InstrumentSpec(
+    "ragobs.proxy.overhead", Kind.HISTOGRAM, "s",
+    "Time the proxy added to a call: from receiving the request to sending it upstream, "
+    "plus from reading the first content (or the whole answer) to having written it to "
+    "the client. Waits for the upstream and retry back-offs are not included.",
+    PROXY_OVERHEAD_BUCKETS, "ragobs_proxy_overhead_seconds",
+)
+PROXY_INTERRUPTED = InstrumentSpec(
+    "ragobs.proxy.interrupted", Kind.COUNTER, "{stream}",
+    "Streams the upstream failed after their first content reached the client: cut, "
+    "never retried, never turned into a 200 with an error event.",
+    None, "ragobs_proxy_interrupted_total",
+)
+PROXY_LIMITED = InstrumentSpec(
+    "ragobs.proxy.limited", Kind.COUNTER, "{request}",
+    "Requests the proxy answered 429 because their caller (API key) was over a limit, by "
+    "ragobs.proxy.limit (requests, tokens).",
+    None, "ragobs_proxy_limited_total",
+)
+
+
 ALL_INSTRUMENTS: Final = (
     OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OUTPUT_CHUNK, TIME_TO_FIRST_ANSWER_CHUNK,
     OPERATION_COST, SPEND, UNPRICED_CALLS, FINISH_REASONS, USAGE_TOKENS, TOKEN_USAGE,
@@ -582,4 +619,5 @@ ALL_INSTRUMENTS: Final = (
     TURN_TOOL_CALLS, TURN_TTFT_PHASES, TURN_COST, STAGE_DURATION,
     RATELIMIT_WAIT, RATELIMIT_ACQUISITIONS, RATELIMIT_REJECTIONS, RATELIMIT_BACKEND_ERRORS,
     RETRY_ATTEMPTS, RETRY_DELAY, RETRY_EXHAUSTED, TIMEOUTS, FALLBACKS, PUSH_DROPPED,
+    PROXY_OVERHEAD, PROXY_INTERRUPTED, PROXY_LIMITED,
 )
