@@ -519,6 +519,11 @@ class StreamObservation:
         """Output tokens: the provider's usage if reported, else the count."""
         return self._output_tokens if self._output_tokens is not None else self._n_tokens
 
+    @property
+    def input_tokens(self) -> int | None:
+        """Input tokens, as the provider reported them (None when it did not)."""
+        return self._input_tokens
+
     def __enter__(self) -> StreamObservation:
         self.start()
         if self._token is None:

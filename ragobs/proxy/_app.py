@@ -185,5 +185,4 @@ async def _call(request: web.Request, state: _State, route: Route, *, raw: bytes
 
 def _tokens(obs: StreamObservation) -> int:
     """Input and output tokens of a call: the provider's usage, else the chunks counted."""
-    held = obs._input_tokens  # no public reading of it yet
-    return (held or 0) + obs.token_count
+    return (obs.input_tokens or 0) + obs.token_count
