@@ -48,8 +48,11 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 
 AGENT_PORT = 9464
-#: Container port each service serves, published on the host as the same number.
-SERVICE_PORTS = {"agent": AGENT_PORT, "prometheus": 9090, "grafana": 3000, "jaeger": 16686}
+#: ``ragobs proxy``: where agents reach it, and where its figures are served.
+PROXY_PORT, PROXY_FIGURES_PORT = 8080, 9465
+#: Container ports each service serves, published on the host as the same numbers.
+SERVICE_PORTS = {"agent": (AGENT_PORT,), "proxy": (PROXY_PORT, PROXY_FIGURES_PORT),
+                 "prometheus": (9090,), "grafana": (3000,), "jaeger": (16686,)}
 ALERTS = {
     "RagobsTargetDown", "RagobsSuccessRateLow", "RagobsErrorRatioRising",
     "RagobsTimeToFirstTokenHigh", "RagobsLatencyHigh", "RagobsTokensPerSecondLow",
@@ -377,12 +380,14 @@ def scrape_job(name: str) -> dict[str, Any]:
     return job
 
 
-def test_prometheus_scrapes_the_agent_by_its_compose_name_and_port() -> None:
+def test_prometheus_scrapes_the_agent_and_the_proxy_by_their_compose_names_and_ports(
+        ) -> None:
     job = scrape_job("ragobs")
     targets = [t for group in job["static_configs"] for t in group["targets"]]
-    assert targets == [f"agent:{AGENT_PORT}"]
+    # The proxy's figures port, never the port agents send their calls to.
+    assert targets == [f"agent:{AGENT_PORT}", f"proxy:{PROXY_FIGURES_PORT}"]
     assert job.get("metrics_path", "/metrics") == "/metrics"
-    assert "agent" in compose()["services"]
+    assert {"agent", "proxy"} <= set(compose()["services"])
     # RagobsTargetDown watches this job.
     assert 'up{job="ragobs"}' in alert_rules()["RagobsTargetDown"]["expr"]
 
@@ -446,8 +451,9 @@ def parse_port(spec: str) -> tuple[str, int, int]:
 def test_services_publish_their_ports_on_loopback() -> None:
     services = compose()["services"]
     assert set(services) == set(SERVICE_PORTS)
-    for name, port in SERVICE_PORTS.items():
-        assert [parse_port(p) for p in services[name]["ports"]] == [("127.0.0.1", port, port)]
+    for name, ports in SERVICE_PORTS.items():
+        assert [parse_port(p) for p in services[name]["ports"]] == [
+            ("127.0.0.1", port, port) for port in ports], name
 
 
 def test_every_service_restarts_and_starts_in_a_healthy_order() -> None:
@@ -462,8 +468,10 @@ def test_every_service_restarts_and_starts_in_a_healthy_order() -> None:
             if condition["condition"] == "service_healthy":
                 assert dependency in healthy, f"{name} waits on {dependency}'s health"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
-    # Prometheus must start even with the agent unhealthy: it is what reports it down.
-    assert services["prometheus"]["depends_on"]["agent"]["condition"] == "service_started"
+    # Prometheus must start even with the agent or the proxy unhealthy: it is what
+    # reports them down.
+    for target in ("agent", "proxy"):
+        assert services["prometheus"]["depends_on"][target]["condition"] == "service_started"
     assert {"prometheus", "grafana"} <= healthy
 
 
@@ -523,7 +531,7 @@ def test_grafana_datasources_point_at_compose_services() -> None:
         assert match is not None, url
         host, port = match.group(1), int(match.group(2))
         assert host in services, url
-        assert port == SERVICE_PORTS[host], url
+        assert port in SERVICE_PORTS[host], url
 
 
 def test_exemplars_link_to_a_provisioned_trace_datasource() -> None:
@@ -595,6 +603,40 @@ def test_every_cli_flag_the_agent_gets_exists() -> None:
     assert re.search(r"\[[^]]*\bcost\b[^]]*\]", installs)
     defaults = build_parser().parse_args(json.loads(dockerfile()["CMD"][0]))
     assert (defaults.command, defaults.requests) == ("demo", 0)
+
+
+def interpolated(value: str, env: dict[str, str]) -> str:
+    """``value`` with compose's ``${VAR:-default}`` and ``${VAR}`` replaced from ``env``."""
+    def one(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(3)
+        return env.get(name) or (default if default is not None else "")
+
+    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", one, value)
+
+
+@pytest.mark.parametrize("env", [{}, {"RAGOBS_PROXY_UPSTREAM": "http://llm:8000/api"}])
+def test_proxy_serves_where_agents_prometheus_and_the_healthcheck_look(
+        env: dict[str, str]) -> None:
+    services = compose()["services"]
+    proxy = services["proxy"]
+    command = [interpolated(arg, env) for arg in proxy["command"]]
+    args = build_parser().parse_args(command)
+    assert args.command == "proxy" and not args.no_admin
+    [upstream] = args.upstream
+    assert upstream.name is None
+    assert upstream.url == env.get("RAGOBS_PROXY_UPSTREAM", "https://api.openai.com")
+    # Agents in other containers reach it; its figures are served on a port of their own.
+    assert args.listen == ("0.0.0.0", PROXY_PORT)
+    assert (args.host, args.port) == ("0.0.0.0", PROXY_FIGURES_PORT)
+    assert int(proxy["environment"]["RAGOBS_PORT"]) == PROXY_FIGURES_PORT  # healthcheck
+    # The agent's image, which the agent's build makes: never pulled from a registry.
+    assert proxy["image"] == services["agent"]["image"] and "build" not in proxy
+    assert proxy["pull_policy"] == "never"
+    assert proxy["depends_on"]["agent"]["condition"] == "service_started"
+    assert proxy["stop_signal"] == dockerfile()["STOPSIGNAL"][0]
+    traces = re.fullmatch(r"http://([\w-]+):4318",
+                          proxy["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert traces is not None and traces.group(1) in services
 
 
 # --- Dockerfile and .dockerignore ----------------------------------------------------
