@@ -18,18 +18,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.provider_server import Reply, ThreadedProviderServer
 from tests.support import free_port
+from tests.test_proxy import sample_sum
+from tests.test_workers import _wait
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
@@ -43,28 +43,6 @@ def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         body: bytes = response.read()
         return body
-
-
-def _wait(condition: Callable[[], object], what: str, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except Exception as exc:  # not up yet
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not after {limit}s (last error: {last})")
-
-
-def _sample_sum(text: str, sample: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 class Process:
@@ -109,10 +87,10 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, ThreadedProviderServer, list[Pr
                     tmp_path, env={"RAGOBS_SIDECAR_URL": host},
                     url=f"http://127.0.0.1:{listen}"))
             # Started together: a push the sidecar is not up for yet is kept and resent.
-            _wait(lambda: _get(f"{host}/healthz"), "the host sidecar answers")
+            _wait(lambda: _get(f"{host}/healthz"), 10.0, "the host sidecar answers")
             # Each says where it pushes once it listens.
             _wait(lambda: all(b"pushed to the host sidecar" in p.log_path.read_bytes()
-                              for p in proxies), "the proxies listen")
+                              for p in proxies), 10.0, "the proxies listen")
             yield host, upstream, proxies
         except BaseException:
             for proxy in [sidecar, *proxies]:
@@ -165,23 +143,23 @@ def test_three_proxies_report_exactly_what_the_clients_saw(
         assert proxy.stop(signal.SIGTERM) == 128 + signal.SIGTERM, proxy.tail()
     calls = len(plans)
     _wait(lambda: json.loads(_get(f"{host}/api/summary"))["total_requests"] == calls,
-          f"the host counts {calls} calls")
+          10.0, f"the host counts {calls} calls")
 
     metrics = _get(f"{host}/metrics").decode()
     summary = json.loads(_get(f"{host}/api/summary"))
-    assert _sample_sum(metrics, "ragobs_requests_total") == calls
-    assert _sample_sum(metrics, "ragobs_requests_total", ragobs_outcome="ok") == seen["ok"]
-    assert _sample_sum(metrics, "ragobs_requests_total", ragobs_outcome="error",
+    assert sample_sum(metrics, "ragobs_requests_total") == calls
+    assert sample_sum(metrics, "ragobs_requests_total", ragobs_outcome="ok") == seen["ok"]
+    assert sample_sum(metrics, "ragobs_requests_total", ragobs_outcome="error",
                        error_type="StreamInterrupted") == seen["cut"]
-    assert _sample_sum(metrics, "ragobs_proxy_interrupted_total") == seen["cut"]
-    assert _sample_sum(metrics, "ragobs_retry_attempts_total", error_type="429") \
+    assert sample_sum(metrics, "ragobs_proxy_interrupted_total") == seen["cut"]
+    assert sample_sum(metrics, "ragobs_retry_attempts_total", error_type="429") \
         == seen["retries"]
-    assert _sample_sum(metrics, "ragobs_retry_attempts_total") == seen["retries"]
-    assert _sample_sum(metrics, "gen_ai_client_token_usage_sum",
+    assert sample_sum(metrics, "ragobs_retry_attempts_total") == seen["retries"]
+    assert sample_sum(metrics, "gen_ai_client_token_usage_sum",
                        gen_ai_token_type="input") == seen["input"]
-    assert _sample_sum(metrics, "gen_ai_client_token_usage_sum",
+    assert sample_sum(metrics, "gen_ai_client_token_usage_sum",
                        gen_ai_token_type="output") == seen["output"]
-    assert _sample_sum(metrics, "ragobs_proxy_overhead_seconds_count") == calls
+    assert sample_sum(metrics, "ragobs_proxy_overhead_seconds_count") == calls
     assert summary["total_requests"] == calls
     assert summary["successful"] == seen["ok"] and summary["failed"] == seen["cut"]
     assert summary["in_flight"] == 0
