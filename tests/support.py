@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from typing import NoReturn
 
 import pytest
 
@@ -12,6 +13,14 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 #: ``./scripts/test`` (what CI runs) installs every component first and sets
 #: this, so under it a missing component is a failure, CI variable or not.
 REQUIRE_COMPONENTS = IN_CI or os.environ.get("RAGOBS_REQUIRE_COMPONENTS") == "1"
+
+
+def missing(message: str) -> NoReturn:
+    """A real component a test needs is not there: a failure under
+    ``./scripts/test`` (and so in CI), a skip saying why elsewhere."""
+    if REQUIRE_COMPONENTS:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def require_binary(name: str) -> str:
@@ -22,10 +31,7 @@ def require_binary(name: str) -> str:
     """
     path = shutil.which(name)
     if path is None:
-        message = f"{name!r} is not installed; ./scripts/test installs it"
-        if REQUIRE_COMPONENTS:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{name!r} is not installed; ./scripts/test installs it")
     return path
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.provider_server import Reply
-from tests.support import REQUIRE_COMPONENTS, require_binary
+from tests.support import missing, require_binary
 from tests.test_proxy import Env, make_env, sample_sum, sent  # noqa: F401 (fixtures)
 
 #: The openai npm package the test installs (6.x runs on Node 20; 7.x needs 22).
@@ -37,10 +37,7 @@ def node_agent(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
                            OPENAI_NPM], cwd=where, capture_output=True, text=True,
                           timeout=300)
     if done.returncode != 0:
-        message = f"npm install {OPENAI_NPM} failed: {done.stderr.strip()[-500:]}"
-        if REQUIRE_COMPONENTS:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"npm install {OPENAI_NPM} failed: {done.stderr.strip()[-500:]}")
     script = where / SCRIPT.name
     script.write_text(SCRIPT.read_text())
     return node, script

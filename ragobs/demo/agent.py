@@ -26,6 +26,7 @@ token is retried and the turn still succeeds.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import random
@@ -116,7 +117,7 @@ class Call(Protocol):
                  request: Callable[[], Any]) -> AsyncGenerator[Any, None]: ...
 
 
-class RAGAgent:
+class RAGAgent(abc.ABC):
     """The turn (route call, retrieval, tool, answer call) both agents share."""
 
     #: ``gen_ai.provider.name`` of the calls, the routing model and the answer model.
@@ -130,9 +131,9 @@ class RAGAgent:
         self._rng = random.Random(seed)
         self._telemetry = telemetry
 
+    @abc.abstractmethod
     def _request(self, model: str, question: str, documents: list[str] | None = None) -> Any:
         """Open one provider stream (a zero-argument factory's body)."""
-        raise NotImplementedError
 
     async def answer(self, question: str, call: Call) -> AsyncGenerator[object, None]:
         """Stream the answer to ``question``, every LLM request made through ``call``."""
@@ -176,7 +177,7 @@ class RAGAgent:
             await asyncio.sleep(cfg.seconds(rng, cfg.tool_seconds))
             return f"example#{rng.randrange(1000)}"
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (a default: nothing to release)
         """Release what the agent holds."""
 
 
