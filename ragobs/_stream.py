@@ -112,7 +112,7 @@ class _Ending:
 
     __slots__ = (
         "attrs", "cost", "duration", "error_type", "exemplars", "input_attrs", "input_tokens",
-        "key", "outcome", "output_attrs", "output_tokens", "per_chunk", "phase_keys", "rate",
+        "key", "keys_with", "outcome", "output_attrs", "output_tokens", "per_chunk", "rate",
         "ttfa", "ttft", "turn_calls", "turn_cost", "turn_duration", "turn_exemplars",
         "turn_input", "turn_output", "turn_rate", "turn_tools", "turn_ttft",
     )
@@ -147,7 +147,7 @@ class _Ending:
         self.turn_tools = BoundHistogram(telemetry.turn_tool_calls, attrs)
         self.turn_cost = BoundHistogram(telemetry.turn_cost, attrs)
         #: (attribute, value) -> the counter key of these attributes plus that one
-        self.phase_keys: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        self.keys_with: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         #: latency and TTFT, when no exemplar goes to the SDK (ragobs keeps them)
         self.duration: BoundHistogram | None = None
         self.ttft: BoundHistogram | None = None
@@ -179,12 +179,12 @@ class _Ending:
     def key_with(self, telemetry: Telemetry, attribute: str,
                  value: str) -> tuple[tuple[str, str], ...]:
         """The counter key of these attributes plus ``attribute=value`` (cached)."""
-        found = self.phase_keys.get((attribute, value))
+        found = self.keys_with.get((attribute, value))
         if found is None:
             attrs = {**self.attrs, attribute: telemetry.bound(attribute, value)}
             found = tuple(sorted(attrs.items()))
-            if len(self.phase_keys) < _ENDINGS_CACHED:
-                self.phase_keys[(attribute, value)] = found
+            if len(self.keys_with) < _ENDINGS_CACHED:
+                self.keys_with[(attribute, value)] = found
         return found
 
 
